@@ -1,0 +1,12 @@
+"""trVAE: transfer variational autoencoder for out-of-distribution condition transfer."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from trvae._errors import ModelLoadError, TRVAEError
+
+try:
+    __version__ = version("trvae")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = ["ModelLoadError", "TRVAEError", "__version__"]
