@@ -9,4 +9,7 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
-__all__ = ["ModelLoadError", "TRVAEError", "__version__"]
+from trvae.model import TRVAE
+from trvae.module import TRVAEModule
+
+__all__ = ["TRVAE", "ModelLoadError", "TRVAEError", "TRVAEModule", "__version__"]

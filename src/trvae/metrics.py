@@ -1,0 +1,384 @@
+"""Metrics comparing predicted cells with real held-out cells.
+
+All functions take cells x genes matrices, dense (``numpy``) or ``scipy.sparse``; sparse input is
+densified (the evaluation sets are small), so dense and sparse inputs give identical values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+from scipy import sparse
+from scipy.spatial.distance import cdist
+from scipy.stats import linregress
+
+from trvae._errors import TRVAEError
+
+__all__ = [
+    "bootstrap_r2",
+    "delta_pearson",
+    "energy_distance",
+    "evaluate_prediction",
+    "mmd_rbf",
+    "pca_embed",
+    "r2_mean",
+    "r2_var",
+    "top_degs",
+]
+
+MMD_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+def _dense(x: Any) -> np.ndarray:
+    """Return ``x`` as a 2-D float64 array (cells x genes); 1-D input becomes one column."""
+    arr = x.toarray() if sparse.issparse(x) else np.asarray(x)
+    arr = np.asarray(arr, dtype=np.float64)
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2:
+        raise TRVAEError(f"expected a cells x genes matrix, got an array of shape {arr.shape}")
+    return arr
+
+
+def _pair(a: Any, b: Any) -> tuple[np.ndarray, np.ndarray]:
+    a, b = _dense(a), _dense(b)
+    if a.shape[1] != b.shape[1]:
+        raise TRVAEError(f"gene dimensions differ: {a.shape[1]} vs {b.shape[1]}")
+    if a.shape[0] == 0 or b.shape[0] == 0:
+        raise TRVAEError("both matrices need at least one cell")
+    return a, b
+
+
+def _r2(x: np.ndarray, y: np.ndarray) -> float:
+    """Squared Pearson r of ``linregress(x, y)``; NaN when either vector is constant."""
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(linregress(x, y).rvalue ** 2)
+
+
+def _stat(x: np.ndarray, stat: str) -> np.ndarray:
+    if stat == "mean":
+        return x.mean(axis=0)
+    if stat == "var":
+        return x.var(axis=0)
+    raise TRVAEError(f"stat must be 'mean' or 'var', got {stat!r}")
+
+
+def r2_mean(pred: Any, real: Any) -> float:
+    """R² between per-gene means of predicted and real cells.
+
+    Parameters
+    ----------
+    pred, real
+        Cells x genes matrices (dense or sparse) over the same genes.
+
+    Returns
+    -------
+    float
+        ``linregress(mean(pred), mean(real)).rvalue ** 2`` (predicted means on x, real on y);
+        NaN when either mean vector is constant.
+    """
+    pred, real = _pair(pred, real)
+    return _r2(pred.mean(axis=0), real.mean(axis=0))
+
+
+def r2_var(pred: Any, real: Any) -> float:
+    """R² between per-gene variances of predicted and real cells.
+
+    Variances use numpy's default ``ddof=0`` (population variance).
+
+    Parameters
+    ----------
+    pred, real
+        Cells x genes matrices (dense or sparse) over the same genes.
+
+    Returns
+    -------
+    float
+        ``linregress(var(pred), var(real)).rvalue ** 2``; NaN when either vector is constant.
+    """
+    pred, real = _pair(pred, real)
+    return _r2(pred.var(axis=0), real.var(axis=0))
+
+
+def bootstrap_r2(
+    pred: Any,
+    real: Any,
+    stat: Literal["mean", "var"] = "mean",
+    n_boot: int = 100,
+    frac: float = 0.8,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Bootstrap mean and standard deviation of :func:`r2_mean` / :func:`r2_var`.
+
+    As in the trVAE paper, each replicate draws ``round(frac * n)`` cells *with replacement*
+    independently from ``pred`` and from ``real`` and recomputes the R².
+
+    Parameters
+    ----------
+    pred, real
+        Cells x genes matrices (dense or sparse) over the same genes.
+    stat
+        ``"mean"`` or ``"var"`` (per-gene statistic, variance with ``ddof=0``).
+    n_boot
+        Number of bootstrap replicates (at least 2).
+    frac
+        Fraction of each matrix's cells drawn per replicate, in ``(0, 1]``.
+    seed
+        Seed of the ``numpy`` random generator.
+
+    Returns
+    -------
+    tuple of float
+        ``(mean, sd)`` of the replicate R² values; the SD uses ``ddof=1``. Replicates with an
+        undefined R² (constant statistic) are ignored.
+    """
+    pred, real = _pair(pred, real)
+    _stat(pred[:1], stat)  # validate ``stat`` early
+    if n_boot < 2:
+        raise TRVAEError(f"n_boot must be at least 2, got {n_boot}")
+    if not 0 < frac <= 1:
+        raise TRVAEError(f"frac must lie in (0, 1], got {frac}")
+    rng = np.random.default_rng(seed)
+    n_p, n_r = max(1, round(frac * pred.shape[0])), max(1, round(frac * real.shape[0]))
+    scores = np.array(
+        [
+            _r2(
+                _stat(pred[rng.integers(0, pred.shape[0], n_p)], stat),
+                _stat(real[rng.integers(0, real.shape[0], n_r)], stat),
+            )
+            for _ in range(n_boot)
+        ]
+    )
+    scores = scores[np.isfinite(scores)]
+    if scores.size < 2:
+        return float("nan"), float("nan")
+    return float(scores.mean()), float(scores.std(ddof=1))
+
+
+def delta_pearson(pred: Any, real: Any, control: Any) -> float:
+    """Pearson r between predicted and real per-gene mean shifts from control.
+
+    Parameters
+    ----------
+    pred, real, control
+        Cells x genes matrices (dense or sparse) over the same genes.
+
+    Returns
+    -------
+    float
+        ``corr(mean(pred) - mean(control), mean(real) - mean(control))`` over genes; NaN when
+        either shift vector is constant.
+    """
+    pred, real = _pair(pred, real)
+    _, control = _pair(pred, control)
+    ctrl = control.mean(axis=0)
+    x, y = pred.mean(axis=0) - ctrl, real.mean(axis=0) - ctrl
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def energy_distance(a: Any, b: Any) -> float:
+    """Energy distance (E-distance) between two samples, as in scPerturBench / pertpy.
+
+    ``2 * mean ||a_i - b_j|| - mean ||a_i - a_j|| - mean ||b_i - b_j||`` with Euclidean
+    distances. The within-sample means run over *all* ordered pairs, including ``i == j``
+    (V-statistic, as pertpy's ``Edistance``), so identical samples give exactly 0 and the value
+    is never negative. Memory is O(n_a * n_b + n_a² + n_b²).
+
+    Parameters
+    ----------
+    a, b
+        Samples x features matrices (dense or sparse); a 1-D array is a set of 1-D points.
+
+    Returns
+    -------
+    float
+        The E-distance (symmetric in ``a`` and ``b``).
+    """
+    a, b = _pair(a, b)
+    return float(2 * cdist(a, b).mean() - cdist(a, a).mean() - cdist(b, b).mean())
+
+
+def mmd_rbf(a: Any, b: Any, gammas: Sequence[float] | None = None) -> float:
+    """Squared maximum mean discrepancy with a multi-scale RBF kernel (biased V-statistic).
+
+    ``MMD² = mean K(a, a) + mean K(b, b) - 2 mean K(a, b)`` with all pairs including
+    ``i == j``, averaged over kernels ``K(x, y) = exp(-gamma * ||x - y||²)``. By default the
+    bandwidths are ``h = s * median`` for ``s`` in ``(0.25, 0.5, 1, 2, 4)``, where ``median`` is
+    the median squared Euclidean distance over distinct pairs of the pooled sample (median
+    heuristic), and ``gamma = 1 / h`` (``median`` falls back to 1 when it is 0).
+
+    Parameters
+    ----------
+    a, b
+        Samples x features matrices (dense or sparse); a 1-D array is a set of 1-D points.
+    gammas
+        Explicit kernel parameters ``gamma``, overriding the median heuristic.
+
+    Returns
+    -------
+    float
+        The squared MMD, clipped at 0 against round-off.
+    """
+    a, b = _pair(a, b)
+    n = a.shape[0]
+    d2 = cdist(np.vstack([a, b]), np.vstack([a, b]), "sqeuclidean")
+    if gammas is None:
+        iu = np.triu_indices(d2.shape[0], k=1)
+        med = float(np.median(d2[iu])) if iu[0].size else 0.0
+        gammas = [1.0 / (s * (med if med > 0 else 1.0)) for s in MMD_SCALES]
+    daa, dbb, dab = d2[:n, :n], d2[n:, n:], d2[:n, n:]
+    vals = [
+        np.exp(-g * daa).mean() + np.exp(-g * dbb).mean() - 2 * np.exp(-g * dab).mean()
+        for g in gammas
+    ]
+    return max(0.0, float(np.mean(vals)))
+
+
+def top_degs(
+    adata: Any, group_key: str, group: str, reference: str, n_genes: int = 100
+) -> list[str]:
+    """Top differentially expressed genes of ``group`` versus ``reference`` (Wilcoxon).
+
+    Runs ``scanpy.tl.rank_genes_groups(method="wilcoxon", use_raw=False)`` on ``adata.X`` of a
+    copy restricted to the two groups, so the caller's AnnData is never modified. Genes are
+    ranked by the *absolute* Wilcoxon score, so both up- and down-regulated genes are included.
+
+    Parameters
+    ----------
+    adata
+        AnnData with log-normalised expression in ``X``.
+    group_key
+        Column of ``adata.obs`` holding the groups (e.g. ``"condition"``).
+    group, reference
+        The tested group (e.g. ``"stimulated"``) and the reference group (e.g. ``"control"``).
+    n_genes
+        Number of genes returned (at most ``adata.n_vars``).
+
+    Returns
+    -------
+    list of str
+        Gene names, strongest absolute score first.
+    """
+    import scanpy as sc
+
+    if group_key not in adata.obs:
+        raise TRVAEError(f"obs has no column {group_key!r}")
+    labels = adata.obs[group_key].astype(str)
+    for name in (group, reference):
+        if not (labels == str(name)).any():
+            raise TRVAEError(f"no cells with {group_key} == {name!r}")
+    if n_genes < 1:
+        raise TRVAEError(f"n_genes must be positive, got {n_genes}")
+    sub = adata[labels.isin([str(group), str(reference)]).to_numpy()].copy()
+    sub.obs[group_key] = sub.obs[group_key].astype(str).astype("category")
+    sc.tl.rank_genes_groups(
+        sub,
+        group_key,
+        groups=[str(group)],
+        reference=str(reference),
+        method="wilcoxon",
+        use_raw=False,
+        n_genes=min(n_genes, sub.n_vars),
+        rankby_abs=True,
+        key_added="_trvae_degs",
+    )
+    return [str(g) for g in sub.uns["_trvae_degs"]["names"][str(group)]]
+
+
+def pca_embed(reference: Any, *others: Any, n_comps: int = 50, seed: int = 0) -> list[np.ndarray]:
+    """Fit a PCA on ``reference`` and project ``reference`` and ``others`` onto it.
+
+    Parameters
+    ----------
+    reference
+        Cells x genes matrix (dense or sparse) the PCA is fitted on.
+    *others
+        Further matrices over the same genes to project.
+    n_comps
+        Number of components, capped at ``min(n_cells, n_genes)`` of ``reference``.
+    seed
+        ``random_state`` of :class:`sklearn.decomposition.PCA` (randomised solver).
+
+    Returns
+    -------
+    list of numpy.ndarray
+        ``[reference_embedding, *other_embeddings]``, each cells x components.
+    """
+    from sklearn.decomposition import PCA
+
+    ref = _dense(reference)
+    mats = [_pair(ref, o)[1] for o in others]
+    pca = PCA(n_components=max(1, min(n_comps, *ref.shape)), random_state=seed).fit(ref)
+    return [pca.transform(m) for m in (ref, *mats)]
+
+
+def evaluate_prediction(
+    pred: Any,
+    real: Any,
+    control: Any,
+    var_names: Sequence[str],
+    degs: Sequence[str],
+    n_boot: int = 100,
+    n_comps: int = 50,
+    seed: int = 0,
+) -> dict[str, float]:
+    """All benchmark metrics of one prediction as a flat ``{name: value}`` dict.
+
+    ``*_top100`` metrics use the genes in ``degs`` (normally the top-100 DEGs from
+    :func:`top_degs`; the names stay the same for another length). ``*_pca`` metrics use a PCA
+    with ``n_comps`` components fitted on ``real`` and ``control`` pooled, into which ``pred``
+    and ``real`` are projected. Keys: ``r2_mean_all``, ``r2_mean_top100``, ``r2_mean_top100_sd``,
+    ``r2_var_all``, ``r2_var_top100``, ``r2_var_top100_sd`` (bootstrap SDs, see
+    :func:`bootstrap_r2`), ``delta_pearson_all``, ``delta_pearson_top100``, ``edist_top100``,
+    ``mmd_top100``, ``edist_pca``, ``mmd_pca``.
+
+    Parameters
+    ----------
+    pred, real, control
+        Cells x genes matrices (dense or sparse): predicted, real perturbed and control cells.
+    var_names
+        Gene names of the columns.
+    degs
+        Gene names of the DEG subset; all must be in ``var_names``.
+    n_boot
+        Bootstrap replicates for the ``*_sd`` entries.
+    n_comps
+        PCA components for ``edist_pca`` / ``mmd_pca``.
+    seed
+        Seed of the bootstrap and the PCA.
+
+    Returns
+    -------
+    dict of str to float
+    """
+    pred, real = _pair(pred, real)
+    _, control = _pair(pred, control)
+    names = [str(g) for g in var_names]
+    if len(names) != pred.shape[1]:
+        raise TRVAEError(f"{len(names)} var_names for {pred.shape[1]} genes")
+    pos = {g: i for i, g in enumerate(names)}
+    missing = [g for g in degs if str(g) not in pos]
+    if missing or len(degs) == 0:
+        raise TRVAEError(f"DEGs missing from var_names: {missing[:10]}" if missing else "no DEGs")
+    idx = np.array([pos[str(g)] for g in degs])
+    p_d, r_d, c_d = pred[:, idx], real[:, idx], control[:, idx]
+    _, p_pca, r_pca = pca_embed(np.vstack([real, control]), pred, real, n_comps=n_comps, seed=seed)
+    return {
+        "r2_mean_all": r2_mean(pred, real),
+        "r2_mean_top100": r2_mean(p_d, r_d),
+        "r2_mean_top100_sd": bootstrap_r2(p_d, r_d, "mean", n_boot=n_boot, seed=seed)[1],
+        "r2_var_all": r2_var(pred, real),
+        "r2_var_top100": r2_var(p_d, r_d),
+        "r2_var_top100_sd": bootstrap_r2(p_d, r_d, "var", n_boot=n_boot, seed=seed)[1],
+        "delta_pearson_all": delta_pearson(pred, real, control),
+        "delta_pearson_top100": delta_pearson(p_d, r_d, c_d),
+        "edist_top100": energy_distance(p_d, r_d),
+        "mmd_top100": mmd_rbf(p_d, r_d),
+        "edist_pca": energy_distance(p_pca, r_pca),
+        "mmd_pca": mmd_rbf(p_pca, r_pca),
+    }

@@ -1,0 +1,205 @@
+"""The trVAE network: encoder q(z | x, s), decoder p(x | z, s) and the loss.
+
+The decoder's first layer ``y = f(z, s)`` (width ``n_mmd``) is the layer on which the MMD penalty
+acts; the layers after it see only ``y``, as in the paper, so that ``y`` carries the condition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trvae._mmd import DEFAULT_BANDWIDTHS, mmd_all_pairs
+
+LIKELIHOODS = ("mse", "nb", "zinb")
+
+
+def _block(n_in: int, n_out: int, dropout: float, batch_norm: bool) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Linear(n_in, n_out)]
+    if batch_norm:
+        layers.append(nn.BatchNorm1d(n_out))
+    layers.append(nn.LeakyReLU(0.2))
+    if dropout > 0:
+        layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
+
+
+def _mlp(n_in: int, widths: Sequence[int], dropout: float, batch_norm: bool) -> nn.Sequential:
+    layers = []
+    for width in widths:
+        layers.append(_block(n_in, width, dropout, batch_norm))
+        n_in = width
+    return nn.Sequential(*layers)
+
+
+def nb_log_likelihood(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Negative binomial log-likelihood (mean ``mu``, inverse dispersion ``theta``), elementwise."""
+    eps = 1e-8
+    log_theta_mu = torch.log(theta + mu + eps)
+    return (
+        theta * (torch.log(theta + eps) - log_theta_mu)
+        + x * (torch.log(mu + eps) - log_theta_mu)
+        + torch.lgamma(x + theta)
+        - torch.lgamma(theta)
+        - torch.lgamma(x + 1.0)
+    )
+
+
+def zinb_log_likelihood(
+    x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, pi_logits: torch.Tensor
+) -> torch.Tensor:
+    """Zero-inflated NB log-likelihood; ``pi_logits`` are the logits of the zero-inflation."""
+    eps = 1e-8
+    nb = nb_log_likelihood(x, mu, theta)
+    log_nb_zero = theta * (torch.log(theta + eps) - torch.log(theta + mu + eps))
+    case_zero = torch.logaddexp(pi_logits, log_nb_zero) - F.softplus(pi_logits)
+    case_nonzero = nb - F.softplus(pi_logits)
+    return torch.where(x < 0.5, case_zero, case_nonzero)
+
+
+class TRVAEModule(nn.Module):
+    """Conditional VAE with an MMD-regularised first decoder layer.
+
+    Parameters
+    ----------
+    n_input
+        Number of genes (features).
+    n_conditions
+        Number of conditions; the condition enters as a one-hot vector.
+    n_latent
+        Dimension of z.
+    n_hidden
+        Widths of the encoder's hidden layers; the decoder mirrors them after the MMD layer.
+    n_mmd
+        Width of the decoder's first layer y, on which the MMD penalty acts.
+    likelihood
+        ``"mse"`` (Gaussian with unit variance, for log-normalised data), ``"nb"`` or ``"zinb"``
+        (raw counts; the mean is the observed library size times a softmax over genes, with a
+        per-gene inverse dispersion).
+    dropout
+        Dropout rate of the hidden layers.
+    batch_norm
+        Batch normalisation in the hidden layers.
+    alpha, beta
+        Weights of the KL divergence and of the MMD penalty.
+    mmd_bandwidths
+        Squared length scales of the multi-scale RBF kernel (see :mod:`trvae._mmd`).
+    """
+
+    def __init__(
+        self,
+        n_input: int,
+        n_conditions: int,
+        n_latent: int = 40,
+        n_hidden: Sequence[int] = (800, 800),
+        n_mmd: int = 128,
+        likelihood: str = "mse",
+        dropout: float = 0.2,
+        batch_norm: bool = True,
+        alpha: float = 1.0,
+        beta: float = 100.0,
+        mmd_bandwidths: Sequence[float] = DEFAULT_BANDWIDTHS,
+    ) -> None:
+        super().__init__()
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+        self.n_input, self.n_conditions, self.n_latent = n_input, n_conditions, n_latent
+        self.likelihood = likelihood
+        self.alpha, self.beta = float(alpha), float(beta)
+        self.mmd_bandwidths = tuple(float(b) for b in mmd_bandwidths)
+        hidden = list(n_hidden)
+
+        self.encoder = _mlp(n_input + n_conditions, hidden, dropout, batch_norm)
+        self.z_mean = nn.Linear(hidden[-1] if hidden else n_input + n_conditions, n_latent)
+        self.z_logvar = nn.Linear(hidden[-1] if hidden else n_input + n_conditions, n_latent)
+        self.mmd_layer = _block(n_latent + n_conditions, n_mmd, 0.0, batch_norm)
+        self.decoder = _mlp(n_mmd, hidden[::-1], dropout, batch_norm)
+        n_last = hidden[0] if hidden else n_mmd
+        self.output = nn.Linear(n_last, n_input)
+        if likelihood in ("nb", "zinb"):
+            self.log_theta = nn.Parameter(torch.zeros(n_input))
+        if likelihood == "zinb":
+            self.dropout_logits = nn.Linear(n_last, n_input)
+
+    def _onehot(self, condition: torch.Tensor) -> torch.Tensor:
+        return F.one_hot(condition, self.n_conditions).to(torch.get_default_dtype())
+
+    def inference(self, x: torch.Tensor, condition: torch.Tensor) -> dict[str, torch.Tensor]:
+        """q(z | x, s): mean, log-variance and a reparameterised sample of z."""
+        if self.likelihood != "mse":
+            x = torch.log1p(x)
+        h = self.encoder(torch.cat([x, self._onehot(condition)], dim=1))
+        mean, logvar = self.z_mean(h), self.z_logvar(h).clamp(-15.0, 15.0)
+        z = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar) if self.training else mean
+        return {"z_mean": mean, "z_logvar": logvar, "z": z}
+
+    def generative(
+        self, z: torch.Tensor, condition: torch.Tensor, library: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """p(x | z, s): the MMD layer y and the parameters of the likelihood."""
+        y = self.mmd_layer(torch.cat([z, self._onehot(condition)], dim=1))
+        h = self.decoder(y)
+        out = {"y": y}
+        if self.likelihood == "mse":
+            out["mean"] = self.output(h)
+            return out
+        if library is None:
+            raise ValueError("count likelihoods need the library size of each cell")
+        out["mean"] = library[:, None] * torch.softmax(self.output(h), dim=-1)
+        out["theta"] = torch.exp(self.log_theta).expand_as(out["mean"])
+        if self.likelihood == "zinb":
+            out["dropout_logits"] = self.dropout_logits(h)
+        return out
+
+    def forward(
+        self, x: torch.Tensor, condition: torch.Tensor, library: torch.Tensor | None = None
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        inf = self.inference(x, condition)
+        return inf, self.generative(inf["z"], condition, library)
+
+    def reconstruction_loss(self, x: torch.Tensor, gen: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per-cell reconstruction loss, summed over genes."""
+        if self.likelihood == "mse":
+            return ((x - gen["mean"]) ** 2).sum(1)
+        if self.likelihood == "nb":
+            return -nb_log_likelihood(x, gen["mean"], gen["theta"]).sum(1)
+        return -zinb_log_likelihood(x, gen["mean"], gen["theta"], gen["dropout_logits"]).sum(1)
+
+    def loss(
+        self, x: torch.Tensor, condition: torch.Tensor, library: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Loss terms, each a mean over the cells of the batch, and their weighted sum.
+
+        ``loss = reconstruction + alpha * kl + beta * mmd``, where ``mmd`` is summed over all
+        pairs of conditions present in the batch.
+        """
+        inf, gen = self(x, condition, library)
+        recon = self.reconstruction_loss(x, gen).mean()
+        kl = (
+            0.5 * (inf["z_mean"] ** 2 + inf["z_logvar"].exp() - 1.0 - inf["z_logvar"]).sum(1)
+        ).mean()
+        if self.beta > 0:
+            mmd = mmd_all_pairs(gen["y"], condition, self.n_conditions, self.mmd_bandwidths)
+        else:
+            mmd = recon.new_zeros(())
+        total = recon + self.alpha * kl + self.beta * mmd
+        return {"loss": total, "reconstruction": recon, "kl": kl, "mmd": mmd}
+
+    @torch.no_grad()
+    def sample(self, gen: dict[str, torch.Tensor], generator: torch.Generator | None = None):
+        """Draw observations from the likelihood given the decoder's output."""
+        mean = gen["mean"]
+        if self.likelihood == "mse":
+            return mean + torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+        theta = gen["theta"]
+        rate = torch._standard_gamma(theta) * (mean / theta)
+        counts = torch.poisson(rate, generator=generator)
+        if self.likelihood == "zinb":
+            zero = torch.rand(mean.shape, generator=generator) < torch.sigmoid(
+                gen["dropout_logits"]
+            )
+            counts = counts.masked_fill(zero, 0.0)
+        return counts

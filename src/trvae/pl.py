@@ -1,0 +1,220 @@
+"""Plots of predicted versus real cells (scanpy-like naming).
+
+Every function builds a :class:`matplotlib.figure.Figure` without pyplot (safe under any
+backend, nothing is shown), returns it, and writes it to ``save`` when given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from trvae._errors import TRVAEError
+from trvae.metrics import _pair, _r2
+
+__all__ = ["mean_scatter", "r2_bars", "response_violin", "var_scatter"]
+
+DPI = 150
+
+
+def _finish(fig: Figure, save: str | Path | None) -> Figure:
+    """Save ``fig`` at ``DPI`` when ``save`` is given (format from the suffix, PNG without one)."""
+    if save is not None:
+        path = Path(save)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=DPI, bbox_inches="tight", format=None if path.suffix else "png")
+    return fig
+
+
+def _gene_index(var_names: Sequence[str], genes: Sequence[str], n_vars: int) -> np.ndarray:
+    names = [str(g) for g in var_names]
+    if len(names) != n_vars:
+        raise TRVAEError(f"{len(names)} var_names for {n_vars} genes")
+    pos = {g: i for i, g in enumerate(names)}
+    missing = [g for g in genes if str(g) not in pos]
+    if missing:
+        raise TRVAEError(f"genes missing from var_names: {missing[:10]}")
+    return np.array([pos[str(g)] for g in genes], dtype=int)
+
+
+def _stat_scatter(
+    stat: str,
+    pred: Any,
+    real: Any,
+    var_names: Sequence[str],
+    degs: Sequence[str] | None,
+    label_top: int,
+    title: str | None,
+    save: str | Path | None,
+) -> Figure:
+    pred, real = _pair(pred, real)
+    fn = np.mean if stat == "mean" else np.var
+    x, y = fn(pred, axis=0), fn(real, axis=0)
+    idx = _gene_index(var_names, degs or [], pred.shape[1])
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
+    ax.scatter(x, y, s=6, c="lightgrey", label=f"all genes: R²={_r2(x, y):.3f}", rasterized=True)
+    if idx.size:
+        ax.scatter(x[idx], y[idx], s=12, c="tab:red", label=f"DEGs: R²={_r2(x[idx], y[idx]):.3f}")
+        for i in idx[: max(0, label_top)]:
+            ax.annotate(
+                str(var_names[i]),
+                (x[i], y[i]),
+                xytext=(3, 3),
+                textcoords="offset points",
+                fontsize=7,
+            )
+    lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
+    ax.plot([lo, hi], [lo, hi], ls="--", c="black", lw=0.8)
+    ax.set_xlabel(f"predicted {stat}")
+    ax.set_ylabel(f"real {stat}")
+    ax.set_title(title if title is not None else f"per-gene {stat}")
+    ax.legend(loc="upper left", frameon=False, fontsize=8)
+    return _finish(fig, save)
+
+
+def mean_scatter(
+    pred: Any,
+    real: Any,
+    var_names: Sequence[str],
+    degs: Sequence[str] | None = None,
+    label_top: int = 10,
+    title: str | None = None,
+    save: str | Path | None = None,
+) -> Figure:
+    """Scatter of per-gene means, predicted (x) against real (y), as in the trVAE paper.
+
+    All genes are grey, ``degs`` red, the first ``label_top`` of ``degs`` labelled; the legend
+    gives R² over all genes and over the DEGs; the dashed line is the diagonal.
+
+    Parameters
+    ----------
+    pred, real
+        Cells x genes matrices (dense or sparse) over the same genes.
+    var_names
+        Gene names of the columns.
+    degs
+        Highlighted genes, most important first (e.g. from :func:`trvae.metrics.top_degs`).
+    label_top
+        How many DEGs get a name label.
+    title
+        Axes title; defaults to ``"per-gene mean"``.
+    save
+        File to write the figure to (PNG at 150 dpi unless the suffix says otherwise).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    return _stat_scatter("mean", pred, real, var_names, degs, label_top, title, save)
+
+
+def var_scatter(
+    pred: Any,
+    real: Any,
+    var_names: Sequence[str],
+    degs: Sequence[str] | None = None,
+    label_top: int = 10,
+    title: str | None = None,
+    save: str | Path | None = None,
+) -> Figure:
+    """Scatter of per-gene variances (``ddof=0``), predicted (x) against real (y).
+
+    Same layout and parameters as :func:`mean_scatter`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    return _stat_scatter("var", pred, real, var_names, degs, label_top, title, save)
+
+
+def response_violin(
+    control: Any,
+    pred: Any,
+    real: Any,
+    var_names: Sequence[str],
+    genes: Sequence[str],
+    save: str | Path | None = None,
+) -> Figure:
+    """Violins of control, predicted and real expression, one panel per gene.
+
+    Parameters
+    ----------
+    control, pred, real
+        Cells x genes matrices (dense or sparse) over the same genes.
+    var_names
+        Gene names of the columns.
+    genes
+        Genes to show, one panel each.
+    save
+        File to write the figure to (PNG at 150 dpi unless the suffix says otherwise).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    pred, real = _pair(pred, real)
+    _, control = _pair(pred, control)
+    if len(genes) == 0:
+        raise TRVAEError("no genes to plot")
+    idx = _gene_index(var_names, genes, pred.shape[1])
+    fig = Figure(figsize=(2.4 * len(idx), 3), layout="constrained")
+    axes = fig.subplots(1, len(idx), squeeze=False).ravel()
+    labels, colors = ["control", "predicted", "real"], ["tab:blue", "tab:orange", "tab:green"]
+    for ax, i, gene in zip(axes, idx, genes, strict=True):
+        parts = ax.violinplot([m[:, i] for m in (control, pred, real)], showmedians=True)
+        for body, c in zip(parts["bodies"], colors, strict=True):
+            body.set_facecolor(c)
+            body.set_alpha(0.6)
+        ax.set_xticks([1, 2, 3], labels, rotation=45)
+        ax.set_title(str(gene))
+    axes[0].set_ylabel("expression")
+    return _finish(fig, save)
+
+
+def r2_bars(
+    df: pd.DataFrame, metric: str = "r2_mean_top100", save: str | Path | None = None
+) -> Figure:
+    """Grouped bar chart of one metric per cell type (groups) and method (bars).
+
+    Parameters
+    ----------
+    df
+        Long table with columns ``method``, ``cell_type``, ``metric``, ``value``. Repeated rows
+        for the same method and cell type (e.g. seeds) are averaged, their SD drawn as error bars.
+    metric
+        The ``metric`` value to plot.
+    save
+        File to write the figure to (PNG at 150 dpi unless the suffix says otherwise).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    missing = {"method", "cell_type", "metric", "value"} - set(df.columns)
+    if missing:
+        raise TRVAEError(f"df lacks columns {sorted(missing)}")
+    sub = df[df["metric"] == metric]
+    if sub.empty:
+        raise TRVAEError(f"no rows with metric == {metric!r}")
+    grouped = sub.groupby(["cell_type", "method"], sort=False)["value"]
+    mean, sd = grouped.mean().unstack("method"), grouped.std().unstack("method")
+    n_types, n_methods = mean.shape
+    width = 0.8 / n_methods
+    fig = Figure(figsize=(max(4.0, 1.2 * n_types + 2), 3.5), layout="constrained")
+    ax = fig.subplots()
+    pos = np.arange(n_types)
+    for k, method in enumerate(mean.columns):
+        err = sd[method].to_numpy() if sd[method].notna().any() else None
+        offset = (k - (n_methods - 1) / 2) * width
+        ax.bar(pos + offset, mean[method].to_numpy(), width, yerr=err, capsize=2, label=str(method))
+    ax.set_xticks(pos, [str(c) for c in mean.index])
+    ax.set_ylabel(metric)
+    ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1, 1))
+    return _finish(fig, save)
