@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
+import anndata
 import pandas as pd
 from anndata import AnnData
 from scipy import sparse
@@ -38,6 +39,8 @@ def check_obs_key(adata: AnnData, key: str, what: str = "condition_key") -> pd.S
     values = adata.obs[key]
     if values.isna().any():
         raise TRVAEError(f"adata.obs[{key!r}] has {int(values.isna().sum())} missing values")
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        return values.cat.rename_categories(lambda c: str(c))
     return values.astype(str)
 
 
@@ -58,6 +61,8 @@ def _values(x) -> np.ndarray:
     """The stored values of a dense or sparse matrix, without densifying."""
     if sparse.issparse(x):
         return np.asarray(x.data)
+    if isinstance(x, (anndata.abc.CSRDataset, anndata.abc.CSCDataset)):  # backed sparse
+        return x.group["data"][...]
     return np.asarray(x)
 
 

@@ -7,9 +7,9 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 
-import anndata
 import numpy as np
 import pandas as pd
 import torch
@@ -299,6 +299,7 @@ class TRVAE:
         """
         data = self._cell_data(adata, condition=source_condition)
         target = self._code(target_condition)
+        label = self.conditions_[target]
 
         def fn(x, c, lib):
             z = self.module.inference(x, c)["z_mean"]
@@ -309,14 +310,12 @@ class TRVAE:
             torch.manual_seed(seed)
             pred = self._run(data, fn, batch_size)
         obs = adata.obs.copy()
-        obs[self.condition_key] = pd.Categorical(
-            [target_condition] * adata.n_obs, categories=self.conditions_
-        )
+        obs[self.condition_key] = pd.Categorical([label] * adata.n_obs, categories=self.conditions_)
         order = V.align_genes(adata, self.var_names)
         var = adata.var.copy() if order is None else adata.var.iloc[order].copy()
         out = AnnData(pred.astype(np.float32), obs=obs, var=var)
         out.uns["trvae_prediction"] = {
-            "target_condition": str(target_condition),
+            "target_condition": label,
             "source_condition": None if source_condition is None else str(source_condition),
             "values": "mean" if return_mean else "sample",
             "likelihood": self.init_params["likelihood"],
@@ -329,7 +328,7 @@ class TRVAE:
             "format_version": FORMAT_VERSION,
             "trvae_version": _package_version(),
             "torch_version": torch.__version__,
-            "anndata_version": anndata.__version__,
+            "anndata_version": metadata.version("anndata"),
             "init_params": self.init_params,
             "condition_key": self.condition_key,
             "layer": self.layer,

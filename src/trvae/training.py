@@ -106,7 +106,7 @@ class TrainingPlan:
                     terms["loss"].backward()
                     optimizer.step()
                     for key in LOSS_TERMS:
-                        sums[key] += float(terms[key]) * len(x)
+                        sums[key] += terms[key].item() * len(x)
                     n_seen += len(x)
                 record = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
                 record.update({f"train_{k}": v / max(n_seen, 1) for k, v in sums.items()})

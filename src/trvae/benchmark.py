@@ -1,0 +1,501 @@
+"""Out-of-distribution benchmark: hold out one cell type's stimulated cells, predict them.
+
+For every held-out cell type, every method is trained on all other cells, predicts the held-out
+stimulated cells from that type's control cells, and is scored with
+:func:`trvae.metrics.evaluate_prediction` on the top-100 DEGs of the real response. Results go
+to ``out_dir``: ``metrics.csv`` (long format), ``figures/*.png`` and ``report.md``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import datetime as dt
+import gc
+import inspect
+import os
+import platform
+import re
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+
+from trvae import _validation as V
+from trvae._errors import TRVAEError
+from trvae.baselines import METHODS, dense, make_method
+from trvae.metrics import evaluate_prediction, top_degs
+from trvae.model import TRVAE
+
+__all__ = ["DEFAULT_METHODS", "PeakRSS", "run_benchmark"]
+
+DEFAULT_METHODS = ("trVAE", "CVAE", "scGen", "mean_shift", "control")
+MAX_EPOCHS, N_BOOT = 100, 100
+#: ``quick=True``: 3 full-size networks x 6 epochs, ~2 min on 2 idle CPU cores (~5 s/epoch).
+QUICK_EPOCHS, QUICK_N_BOOT, QUICK_CELL_TYPE = 6, 20, "NK"
+N_DEGS = 100
+#: (metric, title, lower is better) of the report's summary tables.
+SUMMARY = (
+    ("r2_mean_top100", "R² of mean expression, top-100 DEGs (± bootstrap SD)", False),
+    ("r2_mean_all", "R² of mean expression, all genes", False),
+    ("r2_var_top100", "R² of variance, top-100 DEGs (± bootstrap SD)", False),
+    ("delta_pearson_top100", "Pearson r of the mean response, top-100 DEGs", False),
+    ("edist_pca", "E-distance to the real cells, PCA space (lower is better)", True),
+    ("edist_top100", "E-distance to the real cells, top-100 DEGs (lower is better)", True),
+    ("fit_seconds", "Fit time (s)", True),
+    ("fit_peak_rss_mb", "Peak memory increase during the fit (MB)", True),
+)
+
+
+def _rss_mb() -> float:
+    """Resident set size of this process in MB from ``/proc/self/status`` (NaN elsewhere)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _release_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc's ``malloc_trim``), for a fair baseline."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class PeakRSS:
+    """Context manager measuring the peak RSS increase of a block (a thread polls ~every 20 ms).
+
+    Freed memory is first returned to the OS (glibc's ``malloc_trim``), so that memory the
+    allocator kept from earlier work does not hide the block's own use (call ``gc.collect()``
+    before, if garbage cycles may hold memory). After the block, ``increase_mb`` is the peak RSS
+    seen minus the RSS before it.
+    """
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.interval = interval
+        self.increase_mb = float("nan")
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._peak = max(self._peak, _rss_mb())
+
+    def __enter__(self) -> PeakRSS:
+        _release_memory()
+        self._base = self._peak = _rss_mb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._peak = max(self._peak, _rss_mb())
+        self.increase_mb = max(0.0, self._peak - self._base)
+
+
+def _warm_up(n_genes: int, model_kwargs: dict) -> None:
+    """Train a throwaway network for one step, so torch's one-time set-up is not timed."""
+    from trvae.module import TRVAEModule
+
+    kw = {k: v for k, v in model_kwargs.items() if k not in ("layer", "seed")}
+    with torch.random.fork_rng(devices=[]):
+        module = TRVAEModule(n_genes, 2, **kw).train()
+        x = torch.rand(32, n_genes).round()
+        loss = module.loss(x, torch.arange(32) % 2, x.sum(1))["loss"]
+        loss.backward()
+        torch.optim.Adam(module.parameters()).step()
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _save_fig(fig, path: Path) -> str:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=150, bbox_inches="tight", format="png")
+    os.replace(tmp, path)
+    return path.name
+
+
+def _cell_type_figures(
+    figdir, cell_type, method, stimulated, pred, real, ctrl_x, var_names, degs
+) -> list[str]:
+    """Mean and variance scatter (DEGs labelled) and violins of the top-3 DEGs; file names."""
+    from trvae import pl
+
+    slug, title = _slug(cell_type), f"{method}, {cell_type}: predicted vs real {stimulated}"
+    return [
+        _save_fig(
+            pl.mean_scatter(pred, real, var_names, degs, title=title),
+            figdir / f"{slug}_mean_scatter.png",
+        ),
+        _save_fig(
+            pl.var_scatter(pred, real, var_names, degs, title=title),
+            figdir / f"{slug}_var_scatter.png",
+        ),
+        _save_fig(
+            pl.response_violin(ctrl_x, pred, real, var_names, degs[:3]),
+            figdir / f"{slug}_violin.png",
+        ),
+    ]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_") or "x"
+
+
+def _fmt(value: float, sd: float | None = None) -> str:
+    if value is None or not np.isfinite(value):
+        return "–"
+    text = f"{value:.3g}" if abs(value) >= 1000 else f"{value:.3f}"
+    return text + (f" ± {sd:.3f}" if sd is not None and np.isfinite(sd) else "")
+
+
+def _table(df: pd.DataFrame, metric: str, methods: Sequence[str], lower: bool) -> pd.DataFrame:
+    """Cell types (+ 'mean') x methods, as strings; the best value of each row in bold."""
+
+    def wide(name: str) -> pd.DataFrame:
+        rows = df[df["metric"] == name]
+        table = rows.groupby(["cell_type", "method"], sort=False)["value"].mean().unstack()
+        return table.reindex(index=rows["cell_type"].unique())
+
+    sub, sds = wide(metric), wide(f"{metric}_sd")
+    sub = sub.reindex(columns=[m for m in methods if m in sub.columns])
+    sub.loc["mean"] = sub.mean(0)
+    out = pd.DataFrame(index=sub.index, columns=sub.columns, dtype=object)
+    for row, values in sub.iterrows():
+        best = values.min() if lower else values.max()
+        for method, value in values.items():
+            sd = sds.at[row, method] if row in sds.index and method in sds.columns else None
+            text = _fmt(value, sd)
+            out.at[row, method] = f"**{text}**" if value == best and len(values) > 1 else text
+    return out
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    head = ["cell type", *map(str, table.columns)]
+    lines = [
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---"] + ["---:"] * table.shape[1]) + "|",
+    ]
+    for row, values in table.iterrows():
+        name = f"**{row}**" if row == "mean" else str(row)
+        lines.append("| " + " | ".join([name, *map(str, values)]) + " |")
+    return "\n".join(lines)
+
+
+def _check_inputs(adata, condition_key, cell_type_key, control, stimulated, cell_types, quick):
+    """Validated condition and cell-type labels and the cell types to hold out."""
+    V.check_adata(adata)
+    conds = V.check_obs_key(adata, condition_key, "condition_key")
+    types = V.check_obs_key(adata, cell_type_key, "cell_type_key")
+    for value in (control, stimulated):
+        if not (conds == str(value)).any():
+            raise TRVAEError(
+                f"no cells with {condition_key} == {value!r} (conditions: "
+                f"{', '.join(map(repr, sorted(conds.unique())))})"
+            )
+    known = sorted(types.unique())
+    if cell_types is None:
+        cell_types = [QUICK_CELL_TYPE] if quick and QUICK_CELL_TYPE in known else known
+    cell_types = [str(t) for t in cell_types][: 1 if quick else None]
+    if not cell_types:
+        raise TRVAEError("no cell types to hold out")
+    unknown = [t for t in cell_types if t not in known]
+    if unknown:
+        raise TRVAEError(
+            f"unknown cell type(s) {unknown} in obs[{cell_type_key!r}] (known: {known})"
+        )
+    for t in cell_types:
+        for value in (control, stimulated):
+            if not ((types == t) & (conds == str(value))).any():
+                raise TRVAEError(f"cell type {t!r} has no {value!r} cells to hold out/predict")
+    return conds.to_numpy(), types.to_numpy(), cell_types
+
+
+def run_benchmark(
+    adata: AnnData,
+    condition_key: str = "condition",
+    cell_type_key: str = "cell_type",
+    control: str = "control",
+    stimulated: str = "stimulated",
+    cell_types: Sequence[str] | None = None,
+    out_dir: str | os.PathLike = "results/kang",
+    methods: Sequence[str] = DEFAULT_METHODS,
+    max_epochs: int | None = None,
+    model_kwargs: dict | None = None,
+    train_kwargs: dict | None = None,
+    n_boot: int | None = None,
+    seed: int = 0,
+    progress_bar: bool = True,
+    quick: bool = False,
+    dataset_name: str | None = None,
+    command: str | None = None,
+    n_threads: int | None = None,
+) -> pd.DataFrame:
+    """Hold out each cell type's stimulated cells in turn and score every method on them.
+
+    Parameters
+    ----------
+    adata
+        Log-normalised expression (``X``, or ``model_kwargs["layer"]``) with condition and
+        cell-type columns in ``obs``.
+    condition_key, cell_type_key
+        Columns of ``adata.obs``.
+    control, stimulated
+        Source and target conditions.
+    cell_types
+        Held-out cell types, in this order; default: all, sorted.
+    out_dir
+        Directory for ``metrics.csv``, ``report.md`` and ``figures/``.
+    methods
+        Names from :data:`trvae.baselines.METHODS`.
+    max_epochs
+        Epoch budget of every neural method (default 100, or 6 with ``quick``).
+    model_kwargs, train_kwargs
+        Architecture arguments (:class:`trvae.TRVAE`) and training arguments
+        (:meth:`trvae.TRVAE.train`), the same for every neural method.
+    n_boot
+        Bootstrap replicates of the R² SDs (default 100, or 20 with ``quick``).
+    seed
+        Seed of the weights, the training, the cell-type balancing and the bootstrap.
+    progress_bar
+        Show the per-epoch progress bars.
+    quick
+        Only hold out ``"NK"`` (or the first of ``cell_types``, or the first cell type), with
+        the quick epoch and bootstrap budgets.
+    dataset_name, command
+        Shown in the report's header.
+    n_threads
+        torch CPU threads of the fits (default: torch's setting when called). Re-applied before
+        every fit, because scanpy's DEG test resets torch's OpenMP thread count.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Long format: ``method``, ``cell_type``, ``metric``, ``value``; the metrics of
+        :func:`~trvae.metrics.evaluate_prediction` plus ``fit_seconds`` and ``fit_peak_rss_mb``.
+    """
+    from trvae import pl
+
+    start = time.perf_counter()
+    threads_before = torch.get_num_threads()
+    n_threads = int(n_threads or threads_before)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise TRVAEError(f"unknown method(s) {unknown}; known: {', '.join(METHODS)}")
+    conds, types, cell_types = _check_inputs(
+        adata, condition_key, cell_type_key, control, stimulated, cell_types, quick
+    )
+    control, stimulated = str(control), str(stimulated)
+    max_epochs = max_epochs or (QUICK_EPOCHS if quick else MAX_EPOCHS)
+    n_boot = n_boot or (QUICK_N_BOOT if quick else N_BOOT)
+    model_kwargs = dict(model_kwargs or {})
+    layer = model_kwargs.get("layer")
+    kwargs = {
+        **model_kwargs,
+        **(train_kwargs or {}),
+        "max_epochs": max_epochs,
+        "seed": seed,
+        "progress_bar": progress_bar,
+    }
+    out = Path(out_dir)
+    figdir = out / "figures"
+    figdir.mkdir(parents=True, exist_ok=True)
+    try:
+        x_all, var_names = V.get_matrix(adata, layer), [str(g) for g in adata.var_names]
+        fig_method = "trVAE" if "trVAE" in methods else methods[0]
+        if any(m in ("trVAE", "CVAE", "scGen") for m in methods):
+            torch.set_num_threads(n_threads)
+            _warm_up(len(var_names), model_kwargs)
+        rows: list[dict] = []
+        figures: dict[str, list[str]] = {}
+        for i, cell_type in enumerate(cell_types, 1):
+            t0 = time.perf_counter()
+            gc.collect()
+            is_type = types == cell_type
+            held, ctrl_mask = is_type & (conds == stimulated), is_type & (conds == control)
+            train, ctrl = adata[~held].copy(), adata[ctrl_mask].copy()
+            real, ctrl_x = (
+                dense(x_all[np.flatnonzero(held)]),
+                dense(x_all[np.flatnonzero(ctrl_mask)]),
+            )
+            labels = [stimulated] * len(real) + [control] * len(ctrl_x)
+            sub = AnnData(
+                np.vstack([real, ctrl_x]),
+                obs=pd.DataFrame({"c": labels}, index=[str(k) for k in range(len(labels))]),
+                var=pd.DataFrame(index=var_names),
+            )
+            degs = top_degs(sub, "c", stimulated, control, n_genes=min(N_DEGS, len(var_names)))
+            for name in methods:
+                method = make_method(
+                    name,
+                    condition_key=condition_key,
+                    control=control,
+                    stimulated=stimulated,
+                    cell_type_key=cell_type_key,
+                    **kwargs,
+                )
+                torch.set_num_threads(n_threads)
+                tf = time.perf_counter()
+                with PeakRSS() as rss:
+                    method.fit(train)
+                fit_s = time.perf_counter() - tf
+                pred = method.predict(ctrl)
+                scores = evaluate_prediction(
+                    pred, real, ctrl_x, var_names, degs, n_boot=n_boot, seed=seed
+                )
+                scores.update(fit_seconds=fit_s, fit_peak_rss_mb=rss.increase_mb)
+                rows += [
+                    {"method": name, "cell_type": cell_type, "metric": k, "value": float(v)}
+                    for k, v in scores.items()
+                ]
+                if name == fig_method:
+                    figures[cell_type] = _cell_type_figures(
+                        figdir, cell_type, name, stimulated, pred, real, ctrl_x, var_names, degs
+                    )
+                del method
+            df = pd.DataFrame(rows, columns=["method", "cell_type", "metric", "value"])
+            _atomic_write(out / "metrics.csv", df.to_csv(index=False))
+            r2 = df[(df.cell_type == cell_type) & (df.metric == "r2_mean_top100")]
+            line = " ".join(f"{m}={v:.3f}" for m, v in zip(r2.method, r2.value, strict=True))
+            print(
+                f"[{i}/{len(cell_types)}] {cell_type}: n_train={train.n_obs} "
+                f"n_ctrl={ctrl.n_obs} n_real={len(real)} r2_mean_top100 {line} "
+                f"({time.perf_counter() - t0:.0f}s)",
+                flush=True,
+            )
+        bars = [
+            _save_fig(pl.r2_bars(df, metric), figdir / f"{metric}.png")
+            for metric in ("r2_mean_top100", "edist_pca")
+        ]
+    finally:
+        torch.set_num_threads(threads_before)
+    runtime = time.perf_counter() - start
+    settings = {
+        "max_epochs": max_epochs,
+        "seed": seed,
+        "n_boot": n_boot,
+        "quick": quick,
+        **{k: v for k, v in kwargs.items() if k not in ("max_epochs", "seed", "progress_bar")},
+        "torch_threads": n_threads,
+    }
+    report = _report(
+        df,
+        methods=list(methods),
+        cell_types=cell_types,
+        adata=adata,
+        keys=(condition_key, cell_type_key, control, stimulated),
+        dataset_name=dataset_name,
+        command=command,
+        runtime=runtime,
+        settings=settings,
+        figures=figures,
+        bars=bars,
+        fig_method=fig_method,
+    )
+    _atomic_write(out / "report.md", report)
+    summary = _table(df, "r2_mean_top100", methods, lower=False).map(lambda s: s.strip("*"))
+    print(f"\nr2_mean_top100 (held-out {stimulated} cells; {runtime:.0f}s total)")
+    print(summary.to_string())
+    print(f"wrote {out / 'metrics.csv'}, {out / 'report.md'} and {figdir}/")
+    return df
+
+
+def _report(
+    df: pd.DataFrame,
+    *,
+    methods,
+    cell_types,
+    adata,
+    keys,
+    dataset_name,
+    command,
+    runtime,
+    settings,
+    figures,
+    bars,
+    fig_method,
+) -> str:
+    """The Markdown report: header, how to read, summary tables, figures."""
+    from trvae import __version__
+
+    condition_key, cell_type_key, control, stimulated = keys
+    defaults = {
+        k: p.default
+        for k, p in inspect.signature(TRVAE.__init__).parameters.items()
+        if k in ("likelihood", "n_latent", "n_hidden", "n_mmd", "alpha", "beta", "dropout")
+    }
+    arch = {**defaults, **{k: v for k, v in settings.items() if k in defaults}}
+    arch_text = ", ".join(f"{k}={v}" for k, v in arch.items())
+    other = ", ".join(f"{k}={v}" for k, v in settings.items() if k not in defaults)
+
+    lines = [
+        f"# trVAE benchmark: {dataset_name or 'AnnData'}",
+        "",
+        f"- **Dataset**: {dataset_name or 'AnnData'} — {adata.n_obs} cells × {adata.n_vars} "
+        f"genes; `{condition_key}`: {control} → {stimulated}; `{cell_type_key}` held out: "
+        + ", ".join(cell_types),
+        f"- **Command**: `{command or 'trvae.benchmark.run_benchmark(...)'}`",
+        f"- **Date**: {dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
+        f"- **Total runtime**: {runtime:.0f} s ({runtime / 60:.1f} min)",
+        f"- **Settings**: {other}",
+        f"- **Architecture** (all neural methods; CVAE sets beta=0, scGen has no condition "
+        f"input): {arch_text}",
+        f"- **Software**: trvae {__version__}, torch {torch.__version__}, python "
+        f"{platform.python_version()}, {os.cpu_count()} CPUs",
+        f"- **Methods**: {', '.join(methods)}",
+        "",
+        "## How to read",
+        "",
+        f"For each cell type, its {stimulated} cells were removed from training; every method then "
+        f"predicted them from that cell type's {control} cells. Metrics compare prediction and "
+        "real cells on the top-100 differentially expressed genes (Wilcoxon, real "
+        f"{stimulated} vs {control} of that cell type) or on all genes. R² and Pearson r: higher "
+        "is better (1 is perfect). E-distance: lower is better (0 means the predicted and real "
+        "cells are distributed alike). Compare every method with the `control` column, which "
+        "is doing nothing (predicting the unstimulated cells): a method is only useful where "
+        "it beats it. `mean_shift` adds the average response of the other cell types. The "
+        "best value of each row is in bold; the `mean` row averages over cell types. Fit time is "
+        "wall time; peak memory is the largest rise of the process's resident memory during "
+        "the fit (sampled every 20 ms).",
+        "",
+        "## Summary",
+        "",
+    ]
+    for metric, title, lower in SUMMARY:
+        if (df["metric"] == metric).any():
+            lines += [f"### {title}", "", _markdown(_table(df, metric, methods, lower)), ""]
+    lines += ["## Figures", ""]
+    lines += [f"![{name}](figures/{name})" for name in bars] + [""]
+    for cell_type, names in figures.items():
+        lines += [
+            f"### {cell_type} ({fig_method})",
+            "",
+            "Per-gene mean and variance, predicted (x) vs real (y), top-100 DEGs in red; "
+            f"violins of the top-3 response genes ({control} / {fig_method} / real).",
+            "",
+            " ".join(f"![{n}](figures/{n})" for n in names[:2]),
+            "",
+            f"![{names[2]}](figures/{names[2]})",
+            "",
+        ]
+    lines += [
+        "## Files",
+        "",
+        "- `metrics.csv`: every metric, long format (method, cell_type, metric, value).",
+        "",
+    ]
+    return "\n".join(lines)

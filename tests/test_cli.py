@@ -1,0 +1,146 @@
+"""End-to-end tests of the ``trvae`` command line through ``trvae.cli.main``."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from trvae.cli import main
+
+TINY = ["--n-hidden", "16", "--n-latent", "4", "--n-mmd", "8", "--max-epochs", "2", "--quiet"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny networks gain nothing from threads, and lose a lot on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _toy(n: int = 15, n_genes: int = 10, seed: int = 0) -> ad.AnnData:
+    """``n`` cells per (cell type, condition), plus 5 stimulated-only cells of type 'S'."""
+    rng = np.random.default_rng(seed)
+    obs = [(c, t) for t in ("A", "B") for c in ("control", "stimulated") for _ in range(n)]
+    obs += [("stimulated", "S")] * 5
+    x = rng.uniform(1, 3, size=(len(obs), n_genes)) + rng.normal(scale=0.2, size=(len(obs), 1))
+    x[[c == "stimulated" for c, _ in obs], :3] += 2.0
+    return ad.AnnData(
+        x.astype(np.float32),
+        obs=pd.DataFrame(obs, columns=["condition", "cell_type"], index=map(str, range(len(obs)))),
+        var=pd.DataFrame(index=[f"g{j}" for j in range(n_genes)]),
+    )
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A tiny .h5ad and a model trained on it through the CLI."""
+    root = tmp_path_factory.mktemp("cli")
+    data, model = root / "toy.h5ad", root / "model"
+    _toy().write_h5ad(data)
+    code = main(["train", str(data), "--condition-key", "condition", *TINY, "--out", str(model)])
+    assert code == 0
+    return data, model
+
+
+def _error(capsys, argv, message):
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("trvae: error:") and "\n" not in err and "Traceback" not in err
+    assert message in err, err
+
+
+def test_train_writes_a_model(files):
+    _, model = files
+    assert (model / "config.json").is_file() and (model / "model.pt").is_file()
+
+
+def test_train_checkpoints_and_resumes(files, tmp_path):
+    data, _ = files
+    ckpt, out = tmp_path / "ckpt", tmp_path / "m"
+    base = ["train", str(data), "--condition-key", "condition", *TINY, "--checkpoint-dir"]
+    assert main([*base, str(ckpt), "--out", str(out)]) == 0
+    assert (ckpt / "checkpoint.pt").is_file()
+    assert main([*base, str(ckpt), "--resume", "--out", str(out), "--overwrite"]) == 0
+
+
+def test_predict_selection(files, tmp_path, capsys):
+    data, model = files
+    out = tmp_path / "pred.h5ad"
+    argv = ["predict", model, data, "--target-condition", "stimulated"]
+    argv += ["--source-condition", "control", "--cell-type-key", "cell_type", "--cell-type", "B"]
+    assert main([str(a) for a in [*argv, "--out", out]]) == 0
+    pred = ad.read_h5ad(out)
+    assert pred.shape == (15, 10)
+    assert set(pred.obs["condition"]) == {"stimulated"} and set(pred.obs["cell_type"]) == {"B"}
+    assert list(pred.var_names) == [f"g{j}" for j in range(10)]
+    assert np.isfinite(pred.X).all()
+    assert [p.name for p in tmp_path.iterdir()] == ["pred.h5ad"]  # no temp file left
+    assert "wrote" in capsys.readouterr().out
+    # all cells of the file, sampled, with their own conditions
+    assert (
+        main(
+            [
+                str(a)
+                for a in [
+                    "predict",
+                    model,
+                    data,
+                    "--target-condition",
+                    "control",
+                    "--sample",
+                    "--out",
+                    out,
+                ]
+            ]
+        )
+        == 0
+    )
+    assert ad.read_h5ad(out).n_obs == 65
+
+
+def test_benchmark_command(files, tmp_path, capsys):
+    data, _ = files
+    out = tmp_path / "bench"
+    argv = ["benchmark", data, "--cell-types", "A", "--methods", "mean_shift", "control"]
+    assert main([str(a) for a in [*argv, "--n-boot", "5", "--out", out, "--quiet"]]) == 0
+    assert (out / "metrics.csv").is_file() and (out / "figures" / "A_violin.png").is_file()
+    assert "`trvae benchmark " in (out / "report.md").read_text()
+    assert "r2_mean_top100" in capsys.readouterr().out
+
+
+def test_errors(files, tmp_path, capsys):
+    data, model = files
+    (tmp_path / "x.csv").write_text("a,b\n")
+    pred = ["--out", tmp_path / "p.h5ad"]
+    train = ["train", data, "--out", tmp_path / "m2"]
+    predict = ["predict", model, data, "--target-condition"]
+    source_type = ["--source-condition", "control", "--cell-type-key", "cell_type", "--cell-type"]
+    cases = [
+        (["train", tmp_path / "no.h5ad", "--condition-key", "c", "--out", "m"], "no such file"),
+        (["train", tmp_path / "x.csv", "--condition-key", "c", "--out", "m"], "not an .h5ad"),
+        ([*train, "--condition-key", "cond"], "'cond' is not a column of adata.obs (columns: "),
+        ([*train, "--condition-key", "condition", "--out", model], "exists"),
+        ([*predict, "treated", *pred], "'treated' was not seen in training"),
+        ([*predict, "stimulated", "--source-condition", "ctrl", *pred], "'ctrl' was not seen"),
+        ([*predict, "stimulated", "--cell-type-key", "ct", "--cell-type", "A", *pred], "'ct'"),
+        (
+            [*predict, "stimulated", "--cell-type-key", "cell_type", "--cell-type", "Z", *pred],
+            "no cells with cell_type == 'Z' (values: 'A', 'B', 'S')",
+        ),
+        ([*predict, "stimulated", *source_type, "S", *pred], "empty selection"),
+        ([*predict, "stimulated", "--cell-type", "A", *pred], "given together"),
+        (["predict", tmp_path, data, "--target-condition", "stimulated", *pred], "model"),
+        (["benchmark", "nodata", "--out", tmp_path], "unknown dataset 'nodata'"),
+        (["benchmark", data, "--cell-types", "Z", "--out", tmp_path], "unknown cell type"),
+    ]
+    for argv, message in cases:
+        _error(capsys, argv, message)
+    assert not (tmp_path / "p.h5ad").exists()
+    assert main(["train", str(data)]) == 2  # argparse: missing options
+    assert "required" in capsys.readouterr().err
+    assert main(["--version"]) == 0

@@ -1,0 +1,203 @@
+"""Tests of trvae._mmd: the biased (V-statistic) squared MMD with a multi-scale RBF kernel."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from trvae._mmd import (
+    DEFAULT_BANDWIDTHS,
+    mmd,
+    mmd_all_pairs,
+    mmd_pair_matrix,
+    pairwise_sq_dists,
+    rbf_kernel,
+)
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _kernel_by_hand(a: np.ndarray, b: np.ndarray, bandwidths) -> float:
+    d2 = float(((a - b) ** 2).sum())
+    return float(np.mean([np.exp(-d2 / (2.0 * s)) for s in bandwidths]))
+
+
+def _mmd_by_hand(xs: np.ndarray, ys: np.ndarray, bandwidths) -> float:
+    """V-statistic from explicit double loops: mean k(x, x') + mean k(y, y') - 2 mean k(x, y)."""
+    kxx = np.mean([_kernel_by_hand(a, b, bandwidths) for a in xs for b in xs])
+    kyy = np.mean([_kernel_by_hand(a, b, bandwidths) for a in ys for b in ys])
+    kxy = np.mean([_kernel_by_hand(a, b, bandwidths) for a in xs for b in ys])
+    return kxx + kyy - 2.0 * kxy
+
+
+def test_same_distribution_is_near_zero_and_shift_is_positive():
+    g = _gen(0)
+    x = torch.randn(2000, 2, generator=g)
+    y = torch.randn(2000, 2, generator=g)
+    same = float(mmd(x, y))
+    assert 0.0 <= same < 1e-3
+    shifted = float(mmd(x[:500], y[:500] + 1.0))
+    assert shifted > 0.05
+    assert shifted > 20 * same
+
+
+def test_grows_with_the_shift():
+    g = _gen(1)
+    x, y = torch.randn(200, 3, generator=g), torch.randn(200, 3, generator=g)
+    values = [float(mmd(x, y + shift)) for shift in (0.0, 0.5, 1.0, 2.0)]
+    assert values == sorted(values)
+    assert values[-1] > 5 * values[1]
+
+
+def test_symmetric():
+    g = _gen(2)
+    x = torch.randn(30, 4, generator=g, dtype=torch.float64)
+    y = torch.randn(17, 4, generator=g, dtype=torch.float64) + 0.7
+    torch.testing.assert_close(mmd(x, y), mmd(y, x), rtol=1e-12, atol=1e-12)
+
+
+def test_zero_for_identical_samples():
+    x = torch.randn(25, 3, generator=_gen(3), dtype=torch.float64)
+    assert float(mmd(x, x)) == pytest.approx(0.0, abs=1e-12)
+    assert float(mmd(x.float(), x.float())) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_never_negative():
+    g = _gen(4)
+    for _ in range(5):
+        x, y = torch.randn(8, 2, generator=g), torch.randn(8, 2, generator=g)
+        assert float(mmd(x, y)) >= 0.0
+
+
+def test_matches_hand_computed_v_statistic():
+    g = _gen(5)
+    x = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(4, 3, generator=g, dtype=torch.float64) * 2.0 + 0.5
+    expected = _mmd_by_hand(x.numpy(), y.numpy(), DEFAULT_BANDWIDTHS)
+    assert float(mmd(x, y)) == pytest.approx(expected, rel=1e-10, abs=1e-12)
+    bandwidths = (0.5, 3.0)
+    expected = _mmd_by_hand(x.numpy(), y.numpy(), bandwidths)
+    assert float(mmd(x, y, bandwidths)) == pytest.approx(expected, rel=1e-10, abs=1e-12)
+
+
+def test_kernel_and_distances_match_explicit_formulas():
+    g = _gen(6)
+    x = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    d2 = pairwise_sq_dists(x, y)
+    torch.testing.assert_close(d2, torch.cdist(x, y) ** 2)
+    k = rbf_kernel(x, y, (0.1, 1.0, 10.0))
+    for i, j in itertools.product(range(5), range(4)):
+        expected = _kernel_by_hand(x[i].numpy(), y[j].numpy(), (0.1, 1.0, 10.0))
+        assert float(k[i, j]) == pytest.approx(expected, rel=1e-12)
+
+
+def test_pair_matrix_equals_brute_force_double_loop():
+    g = _gen(7)
+    n_conditions = 4
+    y = torch.randn(14, 3, generator=g, dtype=torch.float64)
+    condition = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3, 0, 0, 2, 1, 3, 3])
+    y = y + condition[:, None].to(y.dtype) * 0.4  # make the conditions differ
+    pairs, present = mmd_pair_matrix(y, condition, n_conditions)
+    assert pairs.shape == (n_conditions, n_conditions)
+    assert present.tolist() == [True] * n_conditions
+    groups = [y[condition == c].numpy() for c in range(n_conditions)]
+    for c, d in itertools.product(range(n_conditions), repeat=2):
+        expected = _mmd_by_hand(groups[c], groups[d], DEFAULT_BANDWIDTHS)
+        assert float(pairs[c, d]) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    torch.testing.assert_close(pairs, pairs.T)
+    assert torch.all(pairs.diagonal() == 0)
+    expected_total = sum(
+        _mmd_by_hand(groups[c], groups[d], DEFAULT_BANDWIDTHS)
+        for c, d in itertools.combinations(range(n_conditions), 2)
+    )
+    assert float(mmd_all_pairs(y, condition, n_conditions)) == pytest.approx(
+        expected_total, rel=1e-9
+    )
+
+
+def test_all_pairs_equals_loop_over_pairs_of_mmd():
+    """Three conditions; 0 and 1 are the same sample, 2 is shifted: every pair is counted."""
+    g = _gen(8)
+    a = torch.randn(20, 2, generator=g, dtype=torch.float64)
+    b = torch.randn(20, 2, generator=g, dtype=torch.float64) + 1.5
+    y = torch.cat([a, a, b])
+    condition = torch.repeat_interleave(torch.arange(3), 20)
+    total = mmd_all_pairs(y, condition, 3)
+    by_loop = sum(
+        mmd(y[condition == c], y[condition == d]) for c, d in itertools.combinations(range(3), 2)
+    )
+    torch.testing.assert_close(total, by_loop)
+    # pairs (0, 2) and (1, 2) each contribute the same; (0, 1) contributes nothing
+    assert float(total) == pytest.approx(2 * float(mmd(a, b)), rel=1e-10)
+
+
+def test_non_adjacent_pair_is_penalised():
+    """Only conditions 0 and 2 are in the batch: a penalty over adjacent pairs would be 0."""
+    g = _gen(9)
+    a = torch.randn(15, 2, generator=g, dtype=torch.float64)
+    b = torch.randn(15, 2, generator=g, dtype=torch.float64) + 2.0
+    y = torch.cat([a, b])
+    condition = torch.tensor([0] * 15 + [2] * 15)
+    total = mmd_all_pairs(y, condition, 3)
+    assert float(total) > 0.1
+    torch.testing.assert_close(total, mmd(a, b))
+    by_loop = sum(
+        mmd(y[condition == c], y[condition == d]) for c, d in itertools.combinations((0, 2), 2)
+    )
+    torch.testing.assert_close(total, by_loop)
+
+
+def test_absent_conditions_contribute_zero():
+    g = _gen(10)
+    y = torch.randn(12, 3, generator=g, dtype=torch.float64)
+    condition = torch.tensor([1] * 6 + [3] * 6)
+    y[condition == 3] += 1.0
+    pairs, present = mmd_pair_matrix(y, condition, 5)
+    assert present.tolist() == [False, True, False, True, False]
+    for absent in (0, 2, 4):
+        assert torch.all(pairs[absent] == 0)
+        assert torch.all(pairs[:, absent] == 0)
+    assert float(pairs[1, 3]) > 0
+    torch.testing.assert_close(mmd_all_pairs(y, condition, 5), mmd(y[:6], y[6:]))
+    # a single condition present: nothing to compare
+    assert float(mmd_all_pairs(y[:6], condition[:6], 5)) == 0.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gradient_finite_with_identical_rows(dtype):
+    g = _gen(11)
+    base = torch.randn(4, 3, generator=g, dtype=dtype)
+    y = torch.cat([base, base, base[:1]]).requires_grad_(True)  # several identical rows
+    condition = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 1])
+    value = mmd_all_pairs(y, condition, 2)
+    value.backward()
+    assert torch.isfinite(value)
+    assert torch.isfinite(y.grad).all()
+    # all rows identical: zero penalty and a finite (zero) gradient
+    same = base[:1].repeat(6, 1).requires_grad_(True)
+    value = mmd_all_pairs(same, torch.tensor([0, 0, 0, 1, 1, 1]), 2)
+    value.backward()
+    assert float(value.detach()) == pytest.approx(0.0, abs=1e-6)
+    assert torch.isfinite(same.grad).all()
+
+
+def test_independent_of_the_number_of_bandwidths():
+    g = _gen(12)
+    x = torch.randn(20, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(20, 3, generator=g, dtype=torch.float64) + 0.5
+    once = mmd(x, y, DEFAULT_BANDWIDTHS)
+    twice = mmd(x, y, DEFAULT_BANDWIDTHS + DEFAULT_BANDWIDTHS)
+    torch.testing.assert_close(once, twice, rtol=1e-12, atol=1e-14)
+    condition = torch.tensor([0] * 20 + [1] * 20)
+    torch.testing.assert_close(
+        mmd_all_pairs(torch.cat([x, y]), condition, 2, [1.0]),
+        mmd_all_pairs(torch.cat([x, y]), condition, 2, [1.0, 1.0, 1.0]),
+        rtol=1e-12,
+        atol=1e-14,
+    )
