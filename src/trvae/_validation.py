@@ -9,8 +9,8 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 
-import numpy as np
 import anndata
+import numpy as np
 import pandas as pd
 from anndata import AnnData
 from scipy import sparse
