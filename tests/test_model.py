@@ -162,7 +162,7 @@ def test_predict_output(trained, small):
     pd.testing.assert_series_equal(pred.obs["cell_type"], control.obs["cell_type"])
     assert (control.obs["condition"] == "control").all()  # the caller's obs is unchanged
     info = pred.uns["trvae_prediction"]
-    assert info["values"] == "mean" and info["target_condition"] == "stimulated"
+    assert info["values"] == "residual" and info["target_condition"] == "stimulated"
     assert info["likelihood"] == "mse" and info["source_condition"] is None
     assert pred.X.dtype == np.float32 and np.isfinite(pred.X).all()
     assert not np.allclose(pred.X, trained.predict(control, "control").X)
@@ -190,12 +190,37 @@ def test_predict_with_source_condition_needs_no_obs_column(trained, small):
 
 
 def test_predict_samples_are_seeded(trained, small):
-    a = trained.predict(small, "stimulated", return_mean=False, seed=0)
-    b = trained.predict(small, "stimulated", return_mean=False, seed=0)
-    c = trained.predict(small, "stimulated", return_mean=False, seed=1)
+    a = trained.predict(small, "stimulated", mode="decode", return_mean=False, seed=0)
+    b = trained.predict(small, "stimulated", mode="decode", return_mean=False, seed=0)
+    c = trained.predict(small, "stimulated", mode="decode", return_mean=False, seed=1)
     assert a.uns["trvae_prediction"]["values"] == "sample"
     np.testing.assert_array_equal(a.X, b.X)
     assert not np.array_equal(a.X, c.X)
+
+
+def test_predict_modes(trained, small):
+    control = small[small.obs["condition"] == "control"]
+    x = np.asarray(control.X)
+    decoded = trained.predict(control, "stimulated", mode="decode")
+    assert decoded.uns["trvae_prediction"]["values"] == "mean"
+    to_self = trained.predict(control, "control", mode="decode").X
+    residual = trained.predict(control, "stimulated", mode="residual").X
+    expected = np.maximum(x + decoded.X - to_self, float(trained.module.x_min))
+    np.testing.assert_allclose(residual, expected, rtol=1e-5, atol=1e-5)
+    # carrying cells to their own condition leaves them unchanged
+    np.testing.assert_allclose(trained.predict(control, "control").X, x, atol=1e-5)
+    with pytest.raises(TRVAEError, match="mode must be"):
+        trained.predict(control, "stimulated", mode="nonsense")
+
+
+def test_sampling_noise_matches_training_residuals(trained, small):
+    sd = trained.module.residual_sd.numpy()
+    assert sd.shape == (small.n_vars,) and (sd > 0).all()
+    decoded = trained.predict(small, "stimulated", mode="decode").X
+    samples = trained.predict(small, "stimulated", mode="decode", return_mean=False).X
+    noise_sd = (samples - decoded).std(0)
+    unclipped = (samples > float(trained.module.x_min)).all(0)
+    np.testing.assert_allclose(noise_sd[unclipped], sd[unclipped], rtol=0.5)
 
 
 def test_predict_with_integer_condition_labels(small):

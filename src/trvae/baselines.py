@@ -199,6 +199,23 @@ class TRVAEMethod(Method):
         pred = self.model.predict(control_adata, self.stimulated, source_condition=self.control)
         return dense(pred.X)
 
+    def variants(self, control_adata: AnnData) -> dict[str, np.ndarray]:
+        """Other read-outs of the same fitted model, scored as methods of their own.
+
+        ``-decode``: the paper's transfer (decoder mean); ``-sample`` (trVAE only): one draw from
+        the likelihood per cell. Only for the MSE likelihood, whose default is the residual mode.
+        """
+        if self.model.init_params["likelihood"] != "mse":
+            return {}
+        predict = self.model.predict
+        args = (control_adata, self.stimulated)
+        out = {f"{self.name}-decode": dense(predict(*args, self.control, mode="decode").X)}
+        if self._beta is None:  # the noise model is the same for the CVAE: show it once
+            out[f"{self.name}-sample"] = dense(
+                predict(*args, self.control, mode="decode", return_mean=False).X
+            )
+        return out
+
 
 class CVAE(TRVAEMethod):
     """A conditional VAE: :class:`TRVAEMethod` with ``beta=0`` (no MMD), all else identical."""

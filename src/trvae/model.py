@@ -229,8 +229,23 @@ class TRVAE:
             on_epoch_end=on_epoch_end,
             resume_state=resume_state,
         )
+        self._fit_noise_model(data, train_idx)
         self.is_trained = True
         return self
+
+    @torch.no_grad()
+    def _fit_noise_model(self, data: CellData, idx: np.ndarray, batch_size: int = 1024) -> None:
+        """Record the per-gene residual SD (the MSE head's noise) and the smallest value."""
+        self.module.eval()
+        sq_sum = torch.zeros(self.module.n_input, dtype=torch.float64)
+        x_min = float("inf")
+        for x, c, lib in data.batches(idx, batch_size):
+            z = self.module.inference(x, c)["z_mean"]
+            mean = self.module.generative(z, c, lib)["mean"]
+            sq_sum += ((x - mean) ** 2).sum(0, dtype=torch.float64)
+            x_min = min(x_min, float(x.min()))
+        self.module.residual_sd.copy_((sq_sum / max(len(idx), 1)).sqrt())
+        self.module.x_min.fill_(x_min)
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
@@ -271,6 +286,7 @@ class TRVAE:
         target_condition: str,
         source_condition: str | None = None,
         return_mean: bool = True,
+        mode: str = "auto",
         batch_size: int = 1024,
         seed: int = 0,
     ) -> AnnData:
@@ -288,6 +304,14 @@ class TRVAE:
             Return the decoder's mean (count space for NB/ZINB, the expected log-expression for
             MSE). ``False`` draws one sample per cell from the likelihood instead (counts for
             NB/ZINB), which looks like real cells: use it for distribution-shape metrics.
+        mode
+            ``"decode"``: the paper's transfer, the decoder's output for the target condition.
+            ``"residual"`` (MSE only): each cell's own profile plus the decoder's change,
+            ``x + mean(x | z, target) - mean(x | z, source)``, floored at the smallest training
+            value. It keeps the cell-to-cell variation that decoding averages away and cancels
+            the decoder's reconstruction bias, which measurably improves both mean and variance
+            R² (see the benchmark report); ``return_mean`` does not apply to it.
+            ``"auto"``: ``"residual"`` for MSE, ``"decode"`` for NB/ZINB.
         seed
             Seed of the sampling when ``return_mean=False``.
 
@@ -297,14 +321,25 @@ class TRVAE:
         ``condition_key`` is set to ``target_condition``. ``uns["trvae_prediction"]`` says
         whether X holds means or samples.
         """
+        likelihood = self.init_params["likelihood"]
+        if mode == "auto":
+            mode = "residual" if likelihood == "mse" else "decode"
+        if mode not in ("decode", "residual"):
+            raise TRVAEError(f"mode must be 'auto', 'decode' or 'residual', got {mode!r}")
+        if mode == "residual" and likelihood != "mse":
+            raise TRVAEError(f"mode='residual' needs likelihood='mse', not {likelihood!r}")
         data = self._cell_data(adata, condition=source_condition)
         target = self._code(target_condition)
         label = self.conditions_[target]
+        module = self.module
 
         def fn(x, c, lib):
-            z = self.module.inference(x, c)["z_mean"]
-            gen = self.module.generative(z, torch.full_like(c, target), lib)
-            return gen["mean"] if return_mean else self.module.sample(gen)
+            z = module.inference(x, c)["z_mean"]
+            gen = module.generative(z, torch.full_like(c, target), lib)
+            if mode == "residual":
+                change = gen["mean"] - module.generative(z, c, lib)["mean"]
+                return (x + change).clamp_min(module.x_min)
+            return gen["mean"] if return_mean else module.sample(gen)
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -317,8 +352,8 @@ class TRVAE:
         out.uns["trvae_prediction"] = {
             "target_condition": label,
             "source_condition": None if source_condition is None else str(source_condition),
-            "values": "mean" if return_mean else "sample",
-            "likelihood": self.init_params["likelihood"],
+            "values": "residual" if mode == "residual" else ("mean" if return_mean else "sample"),
+            "likelihood": likelihood,
         }
         return out
 

@@ -119,6 +119,10 @@ class TRVAEModule(nn.Module):
         self.decoder = _mlp(n_mmd, hidden[::-1], dropout, batch_norm)
         n_last = hidden[0] if hidden else n_mmd
         self.output = nn.Linear(n_last, n_input)
+        # set from the training data by the model: per-gene residual SD of the MSE head (its noise
+        # model when sampling) and the smallest training value (the floor of predictions)
+        self.register_buffer("residual_sd", torch.ones(n_input))
+        self.register_buffer("x_min", torch.tensor(float("-inf")))
         if likelihood in ("nb", "zinb"):
             self.log_theta = nn.Parameter(torch.zeros(n_input))
         if likelihood == "zinb":
@@ -189,17 +193,19 @@ class TRVAEModule(nn.Module):
         return {"loss": total, "reconstruction": recon, "kl": kl, "mmd": mmd}
 
     @torch.no_grad()
-    def sample(self, gen: dict[str, torch.Tensor], generator: torch.Generator | None = None):
-        """Draw observations from the likelihood given the decoder's output."""
+    def sample(self, gen: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Draw observations from the likelihood given the decoder's output (global torch RNG).
+
+        MSE: the mean plus Gaussian noise with the per-gene residual SD of the training data,
+        floored at the smallest training value. NB: Gamma-Poisson counts. ZINB: NB counts set to
+        zero with the dropout probability.
+        """
         mean = gen["mean"]
         if self.likelihood == "mse":
-            return mean + torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+            return (mean + torch.randn_like(mean) * self.residual_sd).clamp_min(self.x_min)
         theta = gen["theta"]
-        rate = torch._standard_gamma(theta) * (mean / theta)
-        counts = torch.poisson(rate, generator=generator)
+        counts = torch.poisson(torch._standard_gamma(theta) * (mean / theta))
         if self.likelihood == "zinb":
-            zero = torch.rand(mean.shape, generator=generator) < torch.sigmoid(
-                gen["dropout_logits"]
-            )
+            zero = torch.rand_like(mean) < torch.sigmoid(gen["dropout_logits"])
             counts = counts.masked_fill(zero, 0.0)
         return counts
