@@ -105,6 +105,7 @@ def check_values(x, likelihood: str, where: str = "adata.X") -> None:
 def check_conditions(conditions: pd.Series, key: str, min_cells: int = 1) -> list[str]:
     """At least two conditions, each with at least ``min_cells`` cells; returns the categories."""
     counts = conditions.value_counts()
+    counts = counts[counts > 0]  # a categorical's unused categories are not conditions
     if len(counts) < 2:
         only = ", ".join(map(repr, counts.index)) or "none"
         raise TRVAEError(

@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", help="use adata.layers[LAYER] instead of X")
     p.add_argument("--likelihood", choices=("mse", "nb", "zinb"), default="mse")
     p.add_argument("--max-epochs", type=_positive, default=200)
-    p.add_argument("--batch-size", type=_positive, default=128)
+    p.add_argument("--batch-size", type=_positive, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-latent", type=_positive)

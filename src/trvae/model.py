@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -167,7 +169,7 @@ class TRVAE:
     def train(
         self,
         max_epochs: int = 200,
-        batch_size: int = 128,
+        batch_size: int = 64,
         lr: float = 1e-3,
         early_stopping: bool = True,
         patience: int = 20,
@@ -210,13 +212,13 @@ class TRVAE:
         if checkpoint_dir is not None:
             checkpoint_dir = Path(checkpoint_dir)
             checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            if resume and (checkpoint_dir / _CHECKPOINT).exists():
+                resume_state = _load_checkpoint(checkpoint_dir / _CHECKPOINT, self._build_module())
             self._write_config(checkpoint_dir)
 
             def on_epoch_end(state: dict) -> None:
                 _atomic_torch_save(state, checkpoint_dir / _CHECKPOINT)
 
-            if resume and (checkpoint_dir / _CHECKPOINT).exists():
-                resume_state = torch.load(checkpoint_dir / _CHECKPOINT, weights_only=True)
         elif resume:
             raise TRVAEError("resume=True needs the checkpoint_dir of the interrupted run")
         self.history = plan.fit(
@@ -420,6 +422,10 @@ class TRVAE:
             config = json.loads((path / _CONFIG).read_text())
         except (OSError, ValueError) as err:
             raise ModelLoadError(f"{path / _CONFIG} is corrupt: {err}") from err
+        if not isinstance(config, dict):
+            raise ModelLoadError(
+                f"{path / _CONFIG} is corrupt: expected a JSON object, got {type(config).__name__}"
+            )
         if config.get("format_version") != FORMAT_VERSION:
             raise ModelLoadError(
                 f"{path} was written in model format {config.get('format_version')!r} by trvae "
@@ -430,10 +436,14 @@ class TRVAE:
         try:
             model.init_params = dict(config["init_params"])
             model.condition_key, model.layer = config["condition_key"], config["layer"]
+            if not isinstance(config["conditions"], list) or not isinstance(
+                config["var_names"], list
+            ):
+                raise TypeError("'conditions' and 'var_names' must be lists")
             model.conditions_, model.var_names = list(config["conditions"]), config["var_names"]
             model.is_trained = bool(config["is_trained"])
             model.module = model._build_module()
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:  # RuntimeError: bad sizes
             raise ModelLoadError(f"{path / _CONFIG} lacks or mangles a field: {err}") from err
         try:
             state = torch.load(path / _WEIGHTS, weights_only=True, map_location="cpu")
@@ -442,13 +452,13 @@ class TRVAE:
             raise ModelLoadError(
                 f"{path / _WEIGHTS} is corrupt or does not match the configuration "
                 f"(saved with trvae {config.get('trvae_version')}, torch "
-                f"{config.get('torch_version')}): {err}"
+                f"{config.get('torch_version')}): {_load_error_detail(err)}"
             ) from err
         model.module.eval()
         history = path / _HISTORY
         try:
             model.history = pd.read_csv(history) if history.exists() else pd.DataFrame()
-        except (pd.errors.EmptyDataError, pd.errors.ParserError):
+        except (OSError, ValueError):  # empty, unparsable or undecodable: history is optional
             model.history = pd.DataFrame()
         model.adata = adata
         if adata is not None:
@@ -458,6 +468,24 @@ class TRVAE:
 
 def _where(layer: str | None) -> str:
     return "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+
+
+def _load_error_detail(err: Exception) -> str:
+    """Why ``torch.load(..., weights_only=True)`` or ``load_state_dict`` failed, in one line.
+
+    A weights-only refusal gives its reason only: not torch's advice to unpickle the file anyway.
+    """
+    text = str(err)
+    if isinstance(err, pickle.UnpicklingError):
+        match = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n\n|$)", text, re.S)
+        reason = " ".join((match.group(1) if match else text.split("\n")[0]).split())
+        return (
+            "not a weights-only file (corrupt, or holding pickled Python objects, which trvae "
+            f"never unpickles): {reason}"
+        )
+    if not text:
+        return f"{type(err).__name__} (empty or truncated file)"
+    return f"{type(err).__name__}: {text}"
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -476,3 +504,25 @@ def _atomic_torch_save(obj, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+_CHECKPOINT_KEYS = (
+    "module", "optimizer", "scheduler", "history", "best_loss", "best_epoch", "best_module",
+    "numpy_rng", "torch_rng",
+)  # fmt: skip
+
+
+def _load_checkpoint(path: Path, module: TRVAEModule) -> dict:
+    """The training state in ``path`` (weights only), checked against a fresh ``module``."""
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+        missing = [key for key in _CHECKPOINT_KEYS if key not in state]
+        if missing:
+            raise KeyError(f"no {', '.join(missing)}")
+        module.load_state_dict(state["module"])
+    except Exception as err:
+        raise ModelLoadError(
+            f"cannot resume from {path}: it is corrupt or was written for another model or data "
+            f"({_load_error_detail(err)})"
+        ) from err
+    return state
