@@ -87,7 +87,7 @@ def test_beta_zero_skips_the_mmd():
     x, condition, library = _batch("mse")
     terms = module.loss(x, condition, library)
     assert terms["mmd"].item() == 0.0
-    torch.testing.assert_close(terms["loss"], terms["reconstruction"] + terms["kl"])
+    torch.testing.assert_close(terms["loss"], terms["reconstruction"] + module.alpha * terms["kl"])
 
 
 def test_nb_log_likelihood_matches_torch_distribution():

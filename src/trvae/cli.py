@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-hidden", type=_positive, nargs="+", metavar="N")
     p.add_argument("--n-mmd", type=_positive)
     p.add_argument("--dropout", type=float, default=0.2)
-    p.add_argument("--alpha", type=float, help="KL weight (default 1)")
+    p.add_argument("--alpha", type=float, help="KL weight (default 10)")
     p.add_argument("--beta", type=float, help="MMD weight (default 100)")
     p.add_argument("--out", required=True, metavar="MODEL_DIR")
     p.add_argument("--overwrite", action="store_true", help="replace an existing MODEL_DIR")

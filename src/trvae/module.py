@@ -99,7 +99,7 @@ class TRVAEModule(nn.Module):
         likelihood: str = "mse",
         dropout: float = 0.2,
         batch_norm: bool = True,
-        alpha: float = 1.0,
+        alpha: float = 10.0,
         beta: float = 100.0,
         mmd_bandwidths: Sequence[float] = DEFAULT_BANDWIDTHS,
     ) -> None:
