@@ -6,7 +6,6 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from scipy import sparse
 
 from trvae._errors import TRVAEError
@@ -22,15 +21,6 @@ from trvae.baselines import (
 )
 
 TINY = {"n_hidden": (16,), "n_latent": 4, "n_mmd": 8, "progress_bar": False, "seed": 0}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks gain nothing from threads, and lose a lot on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _toy(n: int = 30, n_genes: int = 12, shift: float = 2.0, seed: int = 0) -> ad.AnnData:

@@ -18,15 +18,6 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TINY = {"n_hidden": (16,), "n_latent": 4, "n_mmd": 8}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks gain nothing from threads, and lose a lot on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 METRICS = {
     "r2_mean_all",
     "r2_mean_top100",

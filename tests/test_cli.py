@@ -6,20 +6,10 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from trvae.cli import main
 
 TINY = ["--n-hidden", "16", "--n-latent", "4", "--n-mmd", "8", "--max-epochs", "2", "--quiet"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks gain nothing from threads, and lose a lot on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _toy(n: int = 15, n_genes: int = 10, seed: int = 0) -> ad.AnnData:
