@@ -17,7 +17,7 @@ from pathlib import Path
 
 __all__ = ["main"]
 
-DATASETS = ("kang",)
+DATASETS = ("kang", "mnist", "kang-counts")
 
 
 def _read_h5ad(path: str | os.PathLike):
@@ -138,6 +138,12 @@ def _benchmark(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from trvae._errors import TRVAEError
     from trvae.benchmark import run_benchmark
 
+    if args.dataset == "mnist":
+        return _benchmark_mnist(args, argv)
+    if args.dataset == "kang-counts":  # NB vs ZINB vs MSE on raw counts
+        from trvae.benchmark_counts import benchmark_command
+
+        return benchmark_command(args, argv)
     if args.dataset in DATASETS:
         name, adata = args.dataset, datasets.kang_pbmc()
     elif not Path(args.dataset).exists() and not args.dataset.endswith(".h5ad"):
@@ -169,6 +175,23 @@ def _benchmark(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
+def _benchmark_mnist(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """``trvae benchmark mnist``: thin/normal/thick MNIST, held-out digits predicted."""
+    from trvae.benchmark_mnist import run_mnist_benchmark
+
+    run_mnist_benchmark(
+        out_dir=args.out or Path("results") / "mnist",
+        held_out_digits=args.held_out_digits or (1, 3, 6, 7),
+        max_epochs=args.max_epochs,
+        seed=args.seed,
+        quick=args.quick,
+        progress_bar=not args.quiet,
+        command=" ".join(["trvae", *map(shlex.quote, argv)]),
+        n_threads=args.threads,
+    )
+    return 0
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -185,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="trvae", description="trVAE: predict single cells under an unseen condition."
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
-    sub = parser.add_subparsers(dest="command", metavar="{train,predict,benchmark}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,predict,benchmark,bench}")
 
     p = sub.add_parser("train", help="train a model on an .h5ad file and save it")
     p.add_argument("data", metavar="DATA.h5ad")
@@ -226,7 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         default="kang",
         metavar="DATASET_OR_PATH",
-        help="'kang' (Kang et al. PBMCs, scGen preprocessing) or an .h5ad file",
+        help="'kang' (Kang et al. PBMCs, scGen preprocessing), 'mnist' (thin/normal/thick "
+        "digits, image style transfer), 'kang-counts' (NB vs ZINB vs MSE trVAE on Kang raw "
+        "counts) or an .h5ad file",
     )
     p.add_argument("--condition-key", default="condition")
     p.add_argument("--cell-type-key", default="cell_type")
@@ -238,15 +263,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="NK (or the first --cell-types) only, 6 epochs, 20 boots",
+        help="NK (or the first --cell-types) only, 15 epochs, 20 boots",
     )
     p.add_argument("--max-epochs", type=_positive)
+    p.add_argument(
+        "--held-out-digits", type=int, nargs="+", metavar="D", help="mnist: default 1 3 6 7"
+    )
     p.add_argument("--n-boot", type=_positive)
     p.add_argument("--n-latent", type=_positive)
     p.add_argument("--n-hidden", type=_positive, nargs="+", metavar="N")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--threads", type=_positive, help="torch CPU threads (default: torch's)")
+    from trvae.bench_speed import add_bench_parser
+
+    add_bench_parser(sub)
     return parser
 
 
@@ -277,6 +308,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _train(args)
         if args.command == "predict":
             return _predict(args)
+        if args.command == "bench":
+            from trvae.bench_speed import bench_command
+
+            return bench_command(args)
         return _benchmark(args, argv)
     except (TRVAEError, FileNotFoundError) as err:
         message = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())

@@ -21,7 +21,7 @@ from trvae import _validation as V
 from trvae._data import CellData, stratified_split
 from trvae._errors import ModelLoadError, TRVAEError
 from trvae._mmd import DEFAULT_BANDWIDTHS
-from trvae.module import LIKELIHOODS, TRVAEModule
+from trvae.module import ARCHITECTURES, LIKELIHOODS, TRVAEModule
 from trvae.training import TrainingPlan
 
 FORMAT_VERSION = 1
@@ -64,6 +64,12 @@ class TRVAE:
         Squared length scales of the multi-scale RBF kernel of the MMD.
     seed
         Seed of the weight initialisation.
+    architecture
+        ``"mlp"`` (default) or ``"conv"``: convolutional encoder and decoder for images stored
+        flattened in X (``likelihood="mse"`` only; see :mod:`trvae._conv`).
+    image_shape
+        ``(H, W)`` or ``(C, H, W)`` of the images, for ``architecture="conv"``; default
+        ``adata.uns["image_shape"]`` (set by :func:`trvae.datasets.mnist`).
     """
 
     def __init__(
@@ -81,6 +87,8 @@ class TRVAE:
         batch_norm: bool = True,
         mmd_bandwidths: Sequence[float] = DEFAULT_BANDWIDTHS,
         seed: int = 0,
+        architecture: str = "mlp",
+        image_shape: Sequence[int] | None = None,
     ) -> None:
         V.check_adata(adata)
         setup = (
@@ -92,6 +100,7 @@ class TRVAE:
             raise TRVAEError("condition_key is required (or call TRVAE.setup_anndata first)")
         if likelihood not in LIKELIHOODS:
             raise TRVAEError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+        image_shape = _check_architecture(adata, architecture, likelihood, image_shape)
         conditions = V.check_obs_key(adata, condition_key)
         self.conditions_ = V.check_conditions(conditions, condition_key)
         V.check_values(V.get_matrix(adata, layer), likelihood, _where(layer))
@@ -110,6 +119,8 @@ class TRVAE:
             "batch_norm": bool(batch_norm),
             "mmd_bandwidths": [float(b) for b in mmd_bandwidths],
             "seed": int(seed),
+            "architecture": architecture,
+            "image_shape": image_shape,
         }
         self.module = self._build_module()
         self.adata = adata
@@ -466,6 +477,27 @@ class TRVAE:
         if adata is not None:
             model._cell_data(adata)
         return model
+
+
+def _check_architecture(adata, architecture, likelihood, image_shape) -> list[int] | None:
+    """The image shape (a list, for the JSON config) that ``architecture`` needs, checked."""
+    if architecture not in ARCHITECTURES:
+        raise TRVAEError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
+    if architecture == "mlp":
+        return None if image_shape is None else [int(s) for s in image_shape]
+    if likelihood != "mse":
+        raise TRVAEError(f"architecture='conv' needs likelihood='mse', not {likelihood!r}")
+    if image_shape is None:
+        image_shape = adata.uns.get("image_shape")
+    if image_shape is None:
+        raise TRVAEError("architecture='conv' needs image_shape (or adata.uns['image_shape'])")
+    from trvae._conv import image_dims
+
+    try:
+        image_dims(image_shape, adata.n_vars)
+    except (ValueError, TypeError) as err:
+        raise TRVAEError(str(err)) from err
+    return [int(s) for s in image_shape]
 
 
 def _where(layer: str | None) -> str:

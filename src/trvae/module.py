@@ -15,6 +15,7 @@ from torch import nn
 from trvae._mmd import DEFAULT_BANDWIDTHS, mmd_all_pairs
 
 LIKELIHOODS = ("mse", "nb", "zinb")
+ARCHITECTURES = ("mlp", "conv")
 
 
 def _block(n_in: int, n_out: int, dropout: float, batch_norm: bool) -> nn.Sequential:
@@ -33,6 +34,45 @@ def _mlp(n_in: int, widths: Sequence[int], dropout: float, batch_norm: bool) -> 
         layers.append(_block(n_in, width, dropout, batch_norm))
         n_in = width
     return nn.Sequential(*layers)
+
+
+def _encoder_body(
+    architecture: str,
+    n_input: int,
+    n_conditions: int,
+    hidden: Sequence[int],
+    dropout: float,
+    batch_norm: bool,
+    image_shape: Sequence[int] | None,
+) -> tuple[nn.Module, int]:
+    """The encoder's hidden layers (input ``[x, onehot(s)]``) and the width of their output."""
+    if architecture == "conv":
+        from trvae._conv import ConvEncoder
+
+        body = ConvEncoder(image_shape, n_input, n_conditions, hidden, dropout, batch_norm)
+        return body, body.n_out
+    body = _mlp(n_input + n_conditions, hidden, dropout, batch_norm)
+    return body, hidden[-1] if hidden else n_input + n_conditions
+
+
+def _decoder_body(
+    architecture: str,
+    n_input: int,
+    n_mmd: int,
+    hidden: Sequence[int],
+    dropout: float,
+    batch_norm: bool,
+    image_shape: Sequence[int] | None,
+) -> tuple[nn.Module, int, nn.Module]:
+    """The decoder's layers after the MMD layer, their output width and the output layer."""
+    if architecture == "conv":
+        from trvae._conv import ConvDecoder
+
+        body = ConvDecoder(image_shape, n_input, n_mmd, hidden, dropout, batch_norm)
+        return body, n_input, nn.Sigmoid()
+    body = _mlp(n_mmd, hidden[::-1], dropout, batch_norm)
+    n_last = hidden[0] if hidden else n_mmd
+    return body, n_last, nn.Linear(n_last, n_input)
 
 
 def nb_log_likelihood(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
@@ -87,6 +127,12 @@ class TRVAEModule(nn.Module):
         Weights of the KL divergence and of the MMD penalty.
     mmd_bandwidths
         Squared length scales of the multi-scale RBF kernel (see :mod:`trvae._mmd`).
+    architecture
+        ``"mlp"`` (dense layers) or ``"conv"`` (images, ``likelihood="mse"`` only: convolutions
+        around the dense layers, a sigmoid output; see :mod:`trvae._conv`). The MMD layer is the
+        same dense layer on ``[z, onehot(s)]`` in both.
+    image_shape
+        ``(H, W)`` or ``(C, H, W)`` of the flattened input images, for ``architecture="conv"``.
     """
 
     def __init__(
@@ -102,23 +148,31 @@ class TRVAEModule(nn.Module):
         alpha: float = 10.0,
         beta: float = 100.0,
         mmd_bandwidths: Sequence[float] = DEFAULT_BANDWIDTHS,
+        architecture: str = "mlp",
+        image_shape: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+        if architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
+        if architecture == "conv" and (likelihood != "mse" or image_shape is None):
+            raise ValueError("architecture='conv' needs likelihood='mse' and an image_shape")
+        self.architecture = architecture
         self.n_input, self.n_conditions, self.n_latent = n_input, n_conditions, n_latent
         self.likelihood = likelihood
         self.alpha, self.beta = float(alpha), float(beta)
         self.mmd_bandwidths = tuple(float(b) for b in mmd_bandwidths)
         hidden = list(n_hidden)
 
-        self.encoder = _mlp(n_input + n_conditions, hidden, dropout, batch_norm)
-        self.z_mean = nn.Linear(hidden[-1] if hidden else n_input + n_conditions, n_latent)
-        self.z_logvar = nn.Linear(hidden[-1] if hidden else n_input + n_conditions, n_latent)
+        body = (dropout, batch_norm, image_shape)
+        self.encoder, n_enc = _encoder_body(architecture, n_input, n_conditions, hidden, *body)
+        self.z_mean = nn.Linear(n_enc, n_latent)
+        self.z_logvar = nn.Linear(n_enc, n_latent)
         self.mmd_layer = _block(n_latent + n_conditions, n_mmd, 0.0, batch_norm)
-        self.decoder = _mlp(n_mmd, hidden[::-1], dropout, batch_norm)
-        n_last = hidden[0] if hidden else n_mmd
-        self.output = nn.Linear(n_last, n_input)
+        self.decoder, n_last, self.output = _decoder_body(
+            architecture, n_input, n_mmd, hidden, *body
+        )
         # set from the training data by the model: per-gene residual SD of the MSE head (its noise
         # model when sampling) and the smallest training value (the floor of predictions)
         self.register_buffer("residual_sd", torch.ones(n_input))
