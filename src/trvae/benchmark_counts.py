@@ -71,10 +71,11 @@ __all__ = [
 COUNT_LIKELIHOODS = ("nb", "zinb", "mse")
 BASELINES = ("mean_shift", "control")
 N_HVG, MIN_CELLS, TARGET_SUM = 2000, 20, 1e4
-#: Epoch budget of the three networks. Measured on 2 CPU cores (n_hidden 256-256, batch 64,
-#: 2000 genes): all 8 cell types x 3 likelihoods fit in the 25-minute budget with this many.
+#: Epoch budget of the three networks (n_hidden 256-256, batch 64, 2000 genes). Measured on
+#: Kang counts with 1 torch thread on a 2-core machine that ran another job: the 8 cell types x
+#: 3 likelihoods took 14.8 min (a fit: MSE ~20 s, NB ~36 s, ZINB ~45 s; scoring ~15-40 s).
 COUNTS_EPOCHS = 20
-#: ``quick=True``: NK only, fewer epochs.
+#: ``quick=True``: NK only, 8 epochs, about 1 minute.
 COUNTS_QUICK_EPOCHS = 8
 #: (metric, title, lower is better) of the report's summary tables.
 SUMMARY = (
