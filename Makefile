@@ -9,7 +9,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# the CPU build of torch first, so that the range in pyproject installs nothing more
 	$(BIN)/pip install --quiet "torch==2.13.0"
-	$(BIN)/pip install --quiet -e ".[dev,images]"
+	$(BIN)/pip install --quiet -e ".[dev,images,counts]"
 	touch $(STAMP)
 
 benchmark: $(STAMP)
