@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
-import torch
 from torch import nn
 
 from trvae.bench_speed import COLUMNS, linear_flops, synthetic_data
 from trvae.cli import main
 
 TINY = ["--n-hidden", "16", "16", "--n-latent", "4", "--n-mmd", "8", "--batch-size", "32"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_quick_speed_table(capsys):

@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import scanpy as sc
-import torch
 from scipy import sparse
 
 from trvae._errors import TRVAEError
@@ -20,14 +19,6 @@ from trvae.benchmark_counts import (
 
 TINY = {"n_hidden": (16,), "n_latent": 4, "n_mmd": 8}
 READOUTS = {"nb", "nb-sample", "zinb", "zinb-sample", "mse", "mse-sample", "mse-residual"}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
