@@ -33,6 +33,14 @@ METRICS = {
     "mmd_pca",
     "fit_seconds",
     "fit_peak_rss_mb",
+} | {
+    f"{c}_{m}" for c in ("specific", "shared") for m in ("n", "direction", "lfc_pearson", "lfc_r2")
+}
+#: Latent diagnostics: trVAE and CVAE have z and y, scGen only z; not their read-out variants.
+LATENT = {
+    "trVAE": {"mixing_z", "celltype_knn_z", "mixing_y", "celltype_knn_y"},
+    "CVAE": {"mixing_z", "celltype_knn_z", "mixing_y", "celltype_knn_y"},
+    "scGen": {"mixing_z", "celltype_knn_z"},
 }
 
 
@@ -71,8 +79,13 @@ def test_run_benchmark_writes_metrics_report_and_figures(tmp_path, capsys):
     methods += ["mean_shift", "control"]
     csv = pd.read_csv(out / "metrics.csv")
     assert list(csv.columns) == ["method", "cell_type", "metric", "value"]
-    assert len(csv) == len(df) == len(methods) * 2 * len(METRICS)
-    assert set(csv["metric"]) == METRICS and set(csv["method"]) == set(methods)
+    n_latent = sum(len(v) for v in LATENT.values())
+    assert len(csv) == len(df) == (len(methods) * len(METRICS) + n_latent) * 2
+    assert set(csv["metric"]) == METRICS.union(*LATENT.values())
+    assert set(csv["method"]) == set(methods)
+    for method in methods:
+        got = set(csv.loc[csv.method == method, "metric"]) - METRICS
+        assert got == LATENT.get(method, set()), method
     assert list(csv["cell_type"].unique()) == ["T", "B"]
     assert not csv.duplicated(["method", "cell_type", "metric"]).any()
     pd.testing.assert_frame_equal(csv, df, check_dtype=False)
@@ -91,6 +104,10 @@ def test_run_benchmark_writes_metrics_report_and_figures(tmp_path, capsys):
         "| **mean** |",
         "How to read",
         "lower is better",
+        "## Cell-type-specific responses",
+        "## Latent diagnostics",
+        "Number of DE genes per class",
+        "`mixing_y`: trVAE beats CVAE on",
     ):
         assert text in report
     assert report.count("| cell type | " + " | ".join(methods) + " |") >= 7
@@ -101,10 +118,15 @@ def test_run_benchmark_writes_metrics_report_and_figures(tmp_path, capsys):
         "T_mean_scatter.png",
         "B_var_scatter.png",
         "B_violin.png",
+        "T_logfc.png",
+        "B_latent_umap.png",
     }
     for link in links:
         assert (out / link).read_bytes()[:8] == PNG_MAGIC
     assert not list(out.rglob(".*tmp*"))
+    genes = pd.read_csv(out / "response_genes.csv")
+    assert set(genes["cell_type"]) == {"T", "B"} and genes["de"].all()
+    assert set(genes["response"]) <= {"specific", "shared"}
     printed = capsys.readouterr().out
     assert "[1/2] T:" in printed and "[2/2] B:" in printed and "mean_shift" in printed
 

@@ -75,3 +75,33 @@ def test_r2_bars(tmp_path):
     assert isinstance(pl.r2_bars(df.drop_duplicates(["method", "cell_type", "metric"])), Figure)
     with pytest.raises(TRVAEError):
         pl.r2_bars(df, metric="nope")
+
+
+def test_logfc_scatter(data, tmp_path):
+    control, pred, real, names = data
+    genes = pd.DataFrame(
+        {"response": ["specific"] * 3 + ["shared"] * 2 + [""] * 15}, index=pd.Index(names)
+    )
+    fig = pl.logfc_scatter(
+        {"a": pred, "b": control}, real, control, genes, title="t", save=tmp_path / "l.png"
+    )
+    _check(fig, tmp_path / "l.png")
+    assert len(fig.axes) == 2
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels[0].startswith("shared (2)") and labels[1].startswith("specific (3)")
+    with pytest.raises(TRVAEError):
+        pl.logfc_scatter({}, real, control, genes)
+
+
+def test_embedding_grid(tmp_path):
+    rng = np.random.default_rng(0)
+    obs = pd.DataFrame({"condition": np.repeat(["c", "s"], 30), "cell_type": ["x", "y"] * 30})
+    embs = {"z": rng.normal(size=(60, 4)), "y": rng.normal(size=(60, 3))}
+    fig = pl.embedding_grid(embs, obs, ["condition", "cell_type"], save=tmp_path / "u.png")
+    _check(fig, tmp_path / "u.png")
+    assert len(fig.axes) == 4
+    assert fig.axes[1].get_title() == "z — cell_type"
+    with pytest.raises(TRVAEError, match="no column"):
+        pl.embedding_grid(embs, obs, ["nope"])
+    with pytest.raises(TRVAEError, match="has 5 cells"):
+        pl.embedding_grid({"z": embs["z"][:5]}, obs, ["condition"])

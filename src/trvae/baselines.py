@@ -138,6 +138,10 @@ class Method:
         """Stimulated state of ``control_adata``'s cells: dense float32, cells x genes."""
         raise NotImplementedError
 
+    def embeddings(self, adata: AnnData) -> dict[str, np.ndarray]:
+        """The method's learned representations of ``adata``'s cells (none for gene-space ones)."""
+        return {}
+
 
 class ControlUnchanged(Method):
     """Predicts nothing changes: returns the control cells as they are."""
@@ -198,6 +202,10 @@ class TRVAEMethod(Method):
             raise TRVAEError(f"{type(self).__name__} is not fitted: call fit() first")
         pred = self.model.predict(control_adata, self.stimulated, source_condition=self.control)
         return dense(pred.X)
+
+    def embeddings(self, adata: AnnData) -> dict[str, np.ndarray]:
+        """``z`` (posterior mean) and ``y`` (the MMD layer), each cell with its own condition."""
+        return {"z": self.model.get_latent(adata), "y": self.model.get_mmd_layer(adata)}
 
     def variants(self, control_adata: AnnData) -> dict[str, np.ndarray]:
         """Other read-outs of the same fitted model, scored as methods of their own.
@@ -275,6 +283,11 @@ class LatentArithmetic(Method):
         ctrl, stim = (rng.choice(g, n, replace=False) for g in groups)
         self.delta_ = z[stim].mean(0) - z[ctrl].mean(0)
         return self
+
+    def embeddings(self, adata: AnnData) -> dict[str, np.ndarray]:
+        """``z``, the posterior mean of the unconditional VAE."""
+        x = self._matrix(adata)
+        return {"z": self._encode(CellData(x, np.zeros(len(x), dtype=np.int64)))}
 
     @torch.no_grad()
     def _encode(self, data: CellData) -> np.ndarray:

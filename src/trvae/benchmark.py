@@ -28,7 +28,14 @@ from anndata import AnnData
 from trvae import _validation as V
 from trvae._errors import TRVAEError
 from trvae.baselines import METHODS, dense, make_method
-from trvae.metrics import evaluate_prediction, top_degs
+from trvae.metrics import (
+    evaluate_prediction,
+    knn_label_accuracy,
+    mixing_score,
+    response_gene_scores,
+    response_genes,
+    top_degs,
+)
 from trvae.model import TRVAE
 
 __all__ = ["DEFAULT_METHODS", "PeakRSS", "run_benchmark"]
@@ -44,6 +51,23 @@ BENCHMARK_TRAIN: dict = {"batch_size": 64}
 #: ``quick=True``: NK only, 3 networks x 15 epochs, about 1 minute on 2 CPU cores.
 QUICK_EPOCHS, QUICK_N_BOOT, QUICK_CELL_TYPE = 15, 20, "NK"
 N_DEGS = 100
+#: Latent diagnostics use at most this many cells of the whole data set (seeded subsample).
+DIAG_MAX_CELLS = 3000
+#: Methods whose z and y are drawn as UMAPs for every held-out cell type.
+UMAP_METHODS = ("trVAE", "CVAE")
+#: (metric, title, lower is better) of the specific-response and latent-diagnostics tables.
+RESPONSE_SUMMARY = (
+    ("specific_direction", "Specific genes: fraction predicted in the right direction", False),
+    ("specific_lfc_r2", "Specific genes: R² of predicted vs real logFC", False),
+    ("shared_direction", "Shared genes: fraction predicted in the right direction", False),
+    ("shared_lfc_r2", "Shared genes: R² of predicted vs real logFC", False),
+)
+LATENT_SUMMARY = (
+    ("mixing_y", "Condition mixing in the MMD layer y (1 = mixed as well as globally)", False),
+    ("mixing_z", "Condition mixing in z", False),
+    ("celltype_knn_y", "Cell-type kNN accuracy in y (1 = cell types kept apart)", False),
+    ("celltype_knn_z", "Cell-type kNN accuracy in z", False),
+)
 #: (metric, title, lower is better) of the report's summary tables.
 SUMMARY = (
     ("r2_mean_top100", "R² of mean expression, top-100 DEGs (± bootstrap SD)", False),
@@ -250,6 +274,7 @@ def run_benchmark(
     dataset_name: str | None = None,
     command: str | None = None,
     n_threads: int | None = None,
+    umap: bool = True,
 ) -> pd.DataFrame:
     """Hold out each cell type's stimulated cells in turn and score every method on them.
 
@@ -288,12 +313,16 @@ def run_benchmark(
     n_threads
         torch CPU threads of the fits (default: torch's setting when called). Re-applied before
         every fit, because scanpy's DEG test resets torch's OpenMP thread count.
+    umap
+        Draw UMAPs of z and y of :data:`UMAP_METHODS` for every held-out cell type.
 
     Returns
     -------
     pandas.DataFrame
         Long format: ``method``, ``cell_type``, ``metric``, ``value``; the metrics of
-        :func:`~trvae.metrics.evaluate_prediction` plus ``fit_seconds`` and ``fit_peak_rss_mb``.
+        :func:`~trvae.metrics.evaluate_prediction` and
+        :func:`~trvae.metrics.response_gene_scores`, ``fit_seconds``, ``fit_peak_rss_mb`` and,
+        for methods with a latent space, :func:`_latent_scores` of z (and y).
     """
     from trvae import pl
 
@@ -331,6 +360,14 @@ def run_benchmark(
         rows: list[dict] = []
         scored: list[str] = []  # methods and the variants they report, in order
         figures: dict[str, list[str]] = {}
+        response_figs: dict[str, str] = {}
+        latent_figs: dict[str, str] = {}
+        gene_tables: list[pd.DataFrame] = []
+        diag = np.sort(np.random.default_rng(seed).permutation(adata.n_obs)[:DIAG_MAX_CELLS])
+        diag_adata = adata[diag].copy()
+        diag_obs = pd.DataFrame(
+            {condition_key: conds[diag], cell_type_key: types[diag]}, index=diag_adata.obs_names
+        )
         for i, cell_type in enumerate(cell_types, 1):
             t0 = time.perf_counter()
             gc.collect()
@@ -348,6 +385,16 @@ def run_benchmark(
                 var=pd.DataFrame(index=var_names),
             )
             degs = top_degs(sub, "c", stimulated, control, n_genes=min(N_DEGS, len(var_names)))
+            genes = response_genes(
+                real,
+                ctrl_x,
+                dense(x_all[np.flatnonzero(~is_type & (conds == stimulated))]),
+                dense(x_all[np.flatnonzero(~is_type & (conds == control))]),
+                var_names,
+            )
+            gene_tables.append(genes[genes["de"]].reset_index().assign(cell_type=cell_type))
+            lfc_preds: dict[str, np.ndarray] = {}
+            embeddings: dict[str, np.ndarray] = {}
             for name in methods:
                 method = make_method(
                     name,
@@ -364,11 +411,19 @@ def run_benchmark(
                 fit_s = time.perf_counter() - tf
                 pred = method.predict(ctrl)
                 variants = method.variants(ctrl) if hasattr(method, "variants") else {}
+                embs = method.embeddings(diag_adata)
+                if name in UMAP_METHODS:
+                    embeddings.update({f"{name} {k}": v for k, v in embs.items()})
+                if name != "control":
+                    lfc_preds[name] = pred
                 for label, p in {name: pred, **variants}.items():
                     scores = evaluate_prediction(
                         p, real, ctrl_x, var_names, degs, n_boot=n_boot, seed=seed
                     )
+                    scores.update(response_gene_scores(p, real, ctrl_x, genes))
                     scores.update(fit_seconds=fit_s, fit_peak_rss_mb=rss.increase_mb)
+                    if label == name:
+                        scores.update(_latent_scores(embs, diag_obs, condition_key, cell_type_key))
                     rows += [
                         {"method": label, "cell_type": cell_type, "metric": k, "value": float(v)}
                         for k, v in scores.items()
@@ -380,8 +435,32 @@ def run_benchmark(
                         figdir, cell_type, name, stimulated, pred, real, ctrl_x, var_names, degs
                     )
                 del method
+            slug = _slug(cell_type)
+            if lfc_preds:
+                response_figs[cell_type] = _save_fig(
+                    pl.logfc_scatter(
+                        lfc_preds,
+                        real,
+                        ctrl_x,
+                        genes,
+                        title=f"{cell_type}: response genes, predicted vs real logFC",
+                    ),
+                    figdir / f"{slug}_logfc.png",
+                )
+            if umap and embeddings:
+                latent_figs[cell_type] = _save_fig(
+                    pl.embedding_grid(
+                        embeddings,
+                        diag_obs,
+                        [condition_key, cell_type_key],
+                        seed=seed,
+                        title=f"held out: {stimulated} {cell_type}",
+                    ),
+                    figdir / f"{slug}_latent_umap.png",
+                )
             df = pd.DataFrame(rows, columns=["method", "cell_type", "metric", "value"])
             _atomic_write(out / "metrics.csv", df.to_csv(index=False))
+            _atomic_write(out / "response_genes.csv", pd.concat(gene_tables).to_csv(index=False))
             r2 = df[(df.cell_type == cell_type) & (df.metric == "r2_mean_top100")]
             line = " ".join(f"{m}={v:.3f}" for m, v in zip(r2.method, r2.value, strict=True))
             print(
@@ -418,6 +497,14 @@ def run_benchmark(
         figures=figures,
         bars=bars,
         fig_method=fig_method,
+        extra=_diagnostics_report(
+            df,
+            scored,
+            pd.concat(gene_tables),
+            response_figs,
+            latent_figs,
+            keys=(condition_key, cell_type_key, control, stimulated),
+        ),
     )
     _atomic_write(out / "report.md", report)
     summary = _table(df, "r2_mean_top100", scored, lower=False).map(lambda s: s.strip("*"))
@@ -441,6 +528,7 @@ def _report(
     figures,
     bars,
     fig_method,
+    extra: Sequence[str] = (),
 ) -> str:
     """The Markdown report: header, how to read, summary tables, figures."""
     from trvae import __version__
@@ -506,9 +594,107 @@ def _report(
             "",
         ]
     lines += [
+        *extra,
         "## Files",
         "",
         "- `metrics.csv`: every metric, long format (method, cell_type, metric, value).",
+        "- `response_genes.csv`: every held-out cell type's DE genes and their class.",
         "",
     ]
     return "\n".join(lines)
+
+
+def _latent_scores(
+    embeddings: dict[str, np.ndarray], obs: pd.DataFrame, condition_key: str, cell_type_key: str
+) -> dict[str, float]:
+    """Condition mixing and cell-type kNN accuracy of each embedding (``mixing_z``, ...)."""
+    out = {}
+    for space, emb in embeddings.items():
+        out[f"mixing_{space}"] = mixing_score(emb, obs[condition_key])
+        out[f"celltype_knn_{space}"] = knn_label_accuracy(emb, obs[cell_type_key])
+    return out
+
+
+def _verdicts(df: pd.DataFrame, metric: str, ref: str, others: Sequence[str]) -> list[str]:
+    """One line per baseline: the cell types where ``ref`` scores higher on ``metric``, and not."""
+    rows = df[df["metric"] == metric]
+    wide = rows.pivot_table(index="cell_type", columns="method", values="value", sort=False)
+    lines = []
+    for other in others:
+        if ref not in wide or other not in wide:
+            continue
+        both = wide[[ref, other]].dropna()
+        wins = [str(t) for t in both.index[both[ref] > both[other]]]
+        losses = [str(t) for t in both.index[both[ref] <= both[other]]]
+        lines.append(
+            f"- `{metric}`: {ref} beats {other} on {len(wins)} of {len(both)} cell types"
+            + (f" ({', '.join(wins)})" if wins else "")
+            + (f"; it does not on {', '.join(losses)}" if losses else "")
+            + "."
+        )
+    return lines
+
+
+def _diagnostics_report(df, methods, genes, response_figs, latent_figs, keys) -> list[str]:
+    """Report sections of the specific-response genes and the latent diagnostics."""
+    condition_key, cell_type_key, control, stimulated = keys
+    de = genes[genes["de"]]
+    counts = (
+        de.assign(kind=np.where(de["response"] == "specific", de["reason"], "shared"))
+        .groupby(["cell_type", "kind"], sort=False)
+        .size()
+        .unstack(fill_value=0)
+    )
+    counts = counts.reindex(columns=["shared", "only_here", "opposite", "weaker_elsewhere"])
+    counts = counts.fillna(0).astype(int)
+    baselines = [m for m in ("CVAE", "scGen", "mean_shift") if m in methods]
+    lines = [
+        "## Cell-type-specific responses",
+        "",
+        "For each held-out cell type, genes differentially expressed between its real "
+        f"{stimulated} and {control} cells (Wilcoxon, Benjamini-Hochberg adjusted p < 0.05, "
+        "|logFC| >= 0.25, logFC = difference of mean log1p expression) are **specific** when "
+        "the pooled response of the other cell types differs: not DE there (`only_here`), DE "
+        "with the opposite sign (`opposite`), or DE with under half the magnitude "
+        "(`weaker_elsewhere`); the rest are **shared** (`trvae.metrics.response_genes`). For "
+        "each class: the fraction of genes whose predicted logFC (prediction minus control "
+        "means) has the real sign, and the R² of predicted vs real logFC. Tables with fewer "
+        "than 3 genes of a class show –.",
+        "",
+        "Number of DE genes per class:",
+        "",
+        _markdown(counts),
+        "",
+    ]
+    for metric, title, lower in RESPONSE_SUMMARY:
+        if (df["metric"] == metric).any():
+            lines += [f"### {title}", "", _markdown(_table(df, metric, methods, lower)), ""]
+    lines += ["Where trVAE beats the baselines and where it does not:", ""]
+    for metric in ("specific_lfc_r2", "specific_direction"):
+        lines += _verdicts(df, metric, "trVAE", baselines)
+    lines += [""]
+    lines += [f"![{t} logFC](figures/{name})" for t, name in response_figs.items()] + [""]
+    latent = [m for m in methods if (df[(df.method == m) & (df.metric == "mixing_z")].shape[0])]
+    if latent:
+        lines += [
+            "## Latent diagnostics",
+            "",
+            f"Every cell of the data set (at most {DIAG_MAX_CELLS}, seeded) is encoded with "
+            "its own condition (z = posterior mean) and decoded to the MMD layer y with it. "
+            f"Condition mixing (`{condition_key}`): mean entropy of the condition labels among "
+            "each cell's 30 nearest neighbours over the entropy of the overall labels (1 = as "
+            f"mixed as possible, 0 = separated). Cell-type kNN accuracy (`{cell_type_key}`): "
+            "leave-one-out 15-nearest-neighbour vote (1 = cell types kept apart). trVAE's MMD "
+            "term should raise mixing in y compared with the CVAE (beta = 0) while keeping the "
+            "cell types apart.",
+            "",
+        ]
+        for metric, title, lower in LATENT_SUMMARY:
+            if (df["metric"] == metric).any():
+                lines += [f"### {title}", "", _markdown(_table(df, metric, latent, lower)), ""]
+        lines += _verdicts(df, "mixing_y", "trVAE", [m for m in ("CVAE",) if m in latent])
+        lines += _verdicts(df, "celltype_knn_y", "trVAE", [m for m in ("CVAE",) if m in latent])
+        lines += (
+            [""] + [f"![{t} latent UMAP](figures/{name})" for t, name in latent_figs.items()] + [""]
+        )
+    return lines

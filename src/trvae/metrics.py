@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
 from scipy import sparse
 from scipy.spatial.distance import cdist
 from scipy.stats import linregress
@@ -21,10 +22,14 @@ __all__ = [
     "delta_pearson",
     "energy_distance",
     "evaluate_prediction",
+    "knn_label_accuracy",
+    "mixing_score",
     "mmd_rbf",
     "pca_embed",
     "r2_mean",
     "r2_var",
+    "response_gene_scores",
+    "response_genes",
     "top_degs",
 ]
 
@@ -382,3 +387,186 @@ def evaluate_prediction(
         "edist_pca": energy_distance(p_pca, r_pca),
         "mmd_pca": mmd_rbf(p_pca, r_pca),
     }
+
+
+# ----------------------------------------------------------------- cell-type-specific responses
+
+#: Significance and effect-size thresholds of :func:`response_genes`.
+DE_PVAL, DE_MIN_LFC = 0.05, 0.25
+#: The classes of :func:`response_genes` that :func:`response_gene_scores` reports.
+RESPONSE_CLASSES = ("specific", "shared")
+
+
+def _wilcoxon_pvals_adj(group: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg adjusted Wilcoxon rank-sum p-values per gene (scanpy's test)."""
+    import scanpy as sc
+    from anndata import AnnData
+
+    x = np.vstack([group, reference]).astype(np.float32)
+    labels = ["g"] * len(group) + ["r"] * len(reference)
+    sub = AnnData(x, obs={"grp": pd.Categorical(labels)})
+    sub.var_names = [str(i) for i in range(x.shape[1])]
+    sc.tl.rank_genes_groups(
+        sub, "grp", groups=["g"], reference="r", method="wilcoxon", use_raw=False,
+        n_genes=x.shape[1], key_added="_test",
+    )  # fmt: skip
+    res = sub.uns["_test"]
+    out = np.ones(x.shape[1])
+    out[np.asarray(res["names"]["g"], dtype=int)] = np.asarray(res["pvals_adj"]["g"], float)
+    return out
+
+
+def response_genes(
+    stimulated: Any,
+    control: Any,
+    other_stimulated: Any,
+    other_control: Any,
+    var_names: Sequence[str],
+    pval_cutoff: float = DE_PVAL,
+    min_lfc: float = DE_MIN_LFC,
+) -> pd.DataFrame:
+    """Classify a cell type's response genes as *specific* to it or *shared* with the others.
+
+    All four matrices are real, log-normalised cells (log1p scale) over the same genes: the
+    cell type's stimulated and control cells, and the stimulated and control cells of the other
+    cell types pooled. The log fold change (``lfc``) of a gene is the difference of its mean
+    log1p expression, stimulated minus control (natural-log scale). A gene is differentially
+    expressed (DE) in a group when its Wilcoxon rank-sum test (scanpy, Benjamini-Hochberg) gives
+    ``pvals_adj < pval_cutoff`` and ``|lfc| >= min_lfc``.
+
+    Rule: a gene DE in the cell type is **specific** when its response differs from the pooled
+    response of the other cell types in one of three ways, recorded in ``reason``:
+
+    - ``"only_here"``: not DE in the other cell types;
+    - ``"opposite"``: DE in both, with opposite signs;
+    - ``"weaker_elsewhere"``: DE in both, same sign, but ``|lfc_others| < |lfc| / 2``.
+
+    Every other gene DE in the cell type is **shared**; genes not DE in the cell type are ``""``.
+    A baseline that adds the other types' mean response (mean shift) cannot get the
+    ``"opposite"`` genes right by construction.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by gene: ``lfc``, ``pvals_adj``, ``lfc_others``, ``pvals_adj_others``, ``de``,
+        ``de_others``, ``response`` (``"specific"``, ``"shared"`` or ``""``) and ``reason``.
+    """
+    stim, ctrl = _pair(stimulated, control)
+    o_stim, o_ctrl = _pair(other_stimulated, other_control)
+    _pair(stim, o_stim)
+    names = [str(g) for g in var_names]
+    if len(names) != stim.shape[1]:
+        raise TRVAEError(f"{len(names)} var_names for {stim.shape[1]} genes")
+    for label, mat in (("stimulated", stim), ("control", ctrl)):
+        if len(mat) < 2:
+            raise TRVAEError(f"response_genes needs at least 2 {label} cells, got {len(mat)}")
+    lfc = stim.mean(0) - ctrl.mean(0)
+    lfc_o = o_stim.mean(0) - o_ctrl.mean(0)
+    p, p_o = _wilcoxon_pvals_adj(stim, ctrl), _wilcoxon_pvals_adj(o_stim, o_ctrl)
+    de = (p < pval_cutoff) & (np.abs(lfc) >= min_lfc)
+    de_o = (p_o < pval_cutoff) & (np.abs(lfc_o) >= min_lfc)
+    opposite = de_o & (np.sign(lfc) != np.sign(lfc_o))
+    weaker = de_o & ~opposite & (np.abs(lfc_o) < np.abs(lfc) / 2)
+    reason = np.select([~de_o, opposite, weaker], ["only_here", "opposite", "weaker_elsewhere"], "")
+    reason = np.where(de, reason, "")
+    response = np.where(de, np.where(reason != "", "specific", "shared"), "")
+    return pd.DataFrame(
+        {
+            "lfc": lfc,
+            "pvals_adj": p,
+            "lfc_others": lfc_o,
+            "pvals_adj_others": p_o,
+            "de": de,
+            "de_others": de_o,
+            "response": response,
+            "reason": reason,
+        },
+        index=pd.Index(names, name="gene"),
+    )
+
+
+def response_gene_scores(
+    pred: Any, real: Any, control: Any, genes: pd.DataFrame
+) -> dict[str, float]:
+    """How well a prediction gets the specific and the shared response genes right.
+
+    For each class of :func:`response_genes` (``genes``, rows in the column order of the
+    matrices), the predicted log fold change ``mean(pred) - mean(control)`` is compared with the
+    real one ``mean(real) - mean(control)``. Keys, for ``cls`` in ``specific`` and ``shared``:
+    ``{cls}_n`` (number of genes), ``{cls}_direction`` (fraction predicted with the right sign;
+    a predicted change of exactly 0 counts as wrong), ``{cls}_lfc_pearson`` and ``{cls}_lfc_r2``
+    (Pearson r and its square, predicted vs real logFC; NaN with fewer than 3 genes).
+    """
+    pred, real = _pair(pred, real)
+    _, control = _pair(pred, control)
+    if len(genes) != pred.shape[1]:
+        raise TRVAEError(f"{len(genes)} classified genes for {pred.shape[1]} genes")
+    ctrl = control.mean(0)
+    lfc_pred, lfc_real = pred.mean(0) - ctrl, real.mean(0) - ctrl
+    out: dict[str, float] = {}
+    for cls in RESPONSE_CLASSES:
+        mask = (genes["response"] == cls).to_numpy()
+        x, y = lfc_pred[mask], lfc_real[mask]
+        r = (
+            float(np.corrcoef(x, y)[0, 1])
+            if mask.sum() >= 3 and np.ptp(x) and np.ptp(y)
+            else np.nan
+        )
+        out[f"{cls}_n"] = float(mask.sum())
+        out[f"{cls}_direction"] = float((np.sign(x) == np.sign(y)).mean()) if mask.any() else np.nan
+        out[f"{cls}_lfc_pearson"] = r
+        out[f"{cls}_lfc_r2"] = r * r
+    return out
+
+
+# ---------------------------------------------------------------------- latent diagnostics
+
+
+def _neighbour_counts(embedding: Any, labels: Any, n_neighbors: int) -> tuple[np.ndarray, ...]:
+    """Integer labels, and per cell the label counts among its nearest other cells."""
+    from sklearn.neighbors import NearestNeighbors
+
+    emb = _dense(embedding)
+    codes, uniques = pd.factorize(pd.Series(np.asarray(labels)).astype(str))
+    if len(codes) != len(emb):
+        raise TRVAEError(f"{len(codes)} labels for {len(emb)} cells")
+    if len(emb) < 3:
+        raise TRVAEError(f"need at least 3 cells, got {len(emb)}")
+    k = min(n_neighbors, len(emb) - 1)
+    _, idx = NearestNeighbors(n_neighbors=k + 1).fit(emb).kneighbors(emb)
+    neigh = codes[idx[:, 1:]]
+    counts = np.zeros((len(codes), len(uniques)))
+    np.add.at(counts, (np.repeat(np.arange(len(codes)), k), neigh.ravel()), 1.0)
+    return codes, counts
+
+
+def mixing_score(embedding: Any, labels: Any, n_neighbors: int = 30) -> float:
+    """How well the groups in ``labels`` (e.g. conditions) mix in ``embedding``.
+
+    The entropy of the label distribution among each cell's ``n_neighbors`` nearest neighbours
+    (Euclidean, the cell itself excluded), averaged over cells and divided by the entropy of the
+    overall label distribution: about 1 when every neighbourhood holds the labels in their overall
+    proportions (slightly below, from the finite neighbourhoods), 0 when every neighbourhood is
+    pure. Dividing by the overall entropy rather than ``log(n_labels)`` makes unbalanced groups
+    score 1 when mixed. NaN with a single label.
+    """
+    codes, counts = _neighbour_counts(embedding, labels, n_neighbors)
+    if counts.shape[1] < 2:
+        return float("nan")
+
+    def entropy(p: np.ndarray) -> np.ndarray:
+        p = p / p.sum(-1, keepdims=True)
+        return -(p * np.log(np.where(p > 0, p, 1.0))).sum(-1)
+
+    return float(entropy(counts).mean() / entropy(np.bincount(codes).astype(float)))
+
+
+def knn_label_accuracy(embedding: Any, labels: Any, n_neighbors: int = 15) -> float:
+    """Fraction of cells whose label (e.g. cell type) is the majority among their neighbours.
+
+    A leave-one-out k-nearest-neighbour classifier in ``embedding`` (ties go to the smaller
+    label code): 1 when labels form pure neighbourhoods, about the largest label's share when
+    the embedding ignores them.
+    """
+    codes, counts = _neighbour_counts(embedding, labels, n_neighbors)
+    return float((counts.argmax(1) == codes).mean())

@@ -17,7 +17,14 @@ from matplotlib.figure import Figure
 from trvae._errors import TRVAEError
 from trvae.metrics import _pair, _r2
 
-__all__ = ["mean_scatter", "r2_bars", "response_violin", "var_scatter"]
+__all__ = [
+    "embedding_grid",
+    "logfc_scatter",
+    "mean_scatter",
+    "r2_bars",
+    "response_violin",
+    "var_scatter",
+]
 
 DPI = 150
 
@@ -217,4 +224,141 @@ def r2_bars(
     ax.set_xticks(pos, [str(c) for c in mean.index])
     ax.set_ylabel(metric)
     ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1, 1))
+    return _finish(fig, save)
+
+
+def logfc_scatter(
+    predictions: dict[str, Any],
+    real: Any,
+    control: Any,
+    genes: pd.DataFrame,
+    title: str | None = None,
+    save: str | Path | None = None,
+) -> Figure:
+    """Predicted (x) against real (y) log fold change of the response genes, one panel a method.
+
+    Genes are coloured by their class from :func:`trvae.metrics.response_genes`: specific to the
+    cell type (red) or shared with the other cell types (blue); other genes are not drawn. Each
+    panel's legend gives the class's direction accuracy and R².
+
+    Parameters
+    ----------
+    predictions
+        Method name -> predicted cells x genes matrix (dense or sparse).
+    real, control
+        The real stimulated and control cells of the cell type, same genes.
+    genes
+        :func:`trvae.metrics.response_genes` of the cell type (one row per column).
+    title
+        Figure title.
+    save
+        File to write the figure to (PNG at 150 dpi unless the suffix says otherwise).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from trvae.metrics import response_gene_scores
+
+    if not predictions:
+        raise TRVAEError("no predictions to plot")
+    real, control = _pair(real, control)
+    ctrl = control.mean(0)
+    lfc_real = real.mean(0) - ctrl
+    classes = genes["response"].to_numpy()
+    fig = Figure(figsize=(3.2 * len(predictions), 3.4), layout="constrained")
+    axes = fig.subplots(1, len(predictions), squeeze=False, sharey=True).ravel()
+    shown = np.isin(classes, ("specific", "shared"))
+    lim = np.abs(lfc_real[shown]).max() if shown.any() else 1.0
+    for ax, (name, pred) in zip(axes, predictions.items(), strict=True):
+        pred = _pair(pred, real)[0]
+        lfc_pred = pred.mean(0) - ctrl
+        scores = response_gene_scores(pred, real, control, genes)
+        for cls, colour in (("shared", "tab:blue"), ("specific", "tab:red")):
+            mask = classes == cls
+            label = (
+                f"{cls} ({int(mask.sum())}): dir {scores[f'{cls}_direction']:.2f}, "
+                f"R² {scores[f'{cls}_lfc_r2']:.2f}"
+            )
+            ax.scatter(lfc_pred[mask], lfc_real[mask], s=10, c=colour, alpha=0.7, label=label)
+        hi = max(lim, np.abs(lfc_pred[shown]).max() if shown.any() else 0.0) * 1.05
+        ax.plot([-hi, hi], [-hi, hi], ls="--", c="black", lw=0.8)
+        ax.axhline(0, c="grey", lw=0.5)
+        ax.axvline(0, c="grey", lw=0.5)
+        ax.set_title(str(name))
+        ax.set_xlabel("predicted logFC")
+        ax.legend(loc="upper left", frameon=False, fontsize=6)
+    axes[0].set_ylabel("real logFC")
+    if title:
+        fig.suptitle(title)
+    return _finish(fig, save)
+
+
+def embedding_grid(
+    embeddings: dict[str, Any],
+    obs: pd.DataFrame,
+    color: Sequence[str],
+    seed: int = 0,
+    title: str | None = None,
+    save: str | Path | None = None,
+) -> Figure:
+    """UMAPs of several embeddings of the same cells: one row an embedding, one column a label.
+
+    Each embedding (e.g. trVAE's z and its MMD layer y) gets scanpy's neighbour graph and UMAP
+    (seeded), drawn once per column of ``obs`` named in ``color`` (e.g. condition, cell type)
+    with the same colours for a label in every row.
+
+    Parameters
+    ----------
+    embeddings
+        Row name -> cells x dimensions array, the cells in the order of ``obs``.
+    obs
+        Cell annotations; the ``color`` columns are used as categories.
+    color
+        Columns of ``obs`` to colour by.
+    seed
+        Seed of the UMAP layout.
+    title
+        Figure title.
+    save
+        File to write the figure to (PNG at 150 dpi unless the suffix says otherwise).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    import scanpy as sc
+    from anndata import AnnData
+    from matplotlib import colormaps
+
+    if not embeddings or not color:
+        raise TRVAEError("need at least one embedding and one obs column to colour by")
+    missing = [c for c in color if c not in obs.columns]
+    if missing:
+        raise TRVAEError(f"obs has no column(s) {missing}")
+    fig = Figure(figsize=(3.4 * len(color) + 1.6, 3.0 * len(embeddings)), layout="constrained")
+    axes = fig.subplots(len(embeddings), len(color), squeeze=False)
+    for row, (name, emb) in zip(axes, embeddings.items(), strict=True):
+        emb = np.asarray(emb, dtype=np.float32)
+        if len(emb) != len(obs):
+            raise TRVAEError(f"embedding {name!r} has {len(emb)} cells, obs has {len(obs)}")
+        holder = AnnData(np.zeros((len(emb), 0), np.float32), obsm={"X_emb": emb})
+        sc.pp.neighbors(holder, use_rep="X_emb", random_state=seed)
+        sc.tl.umap(holder, random_state=seed)
+        xy = holder.obsm["X_umap"]
+        for ax, key in zip(row, color, strict=True):
+            cats = pd.Categorical(obs[key].astype(str))
+            palette = colormaps["tab10" if len(cats.categories) <= 10 else "tab20"]
+            for k, cat in enumerate(cats.categories):
+                mask = cats == cat
+                ax.scatter(*xy[mask].T, s=3, color=palette(k % palette.N), label=cat)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"{name} — {key}", fontsize=9)
+        for ax in row:
+            ax.legend(
+                loc="upper left", bbox_to_anchor=(1, 1), frameon=False, fontsize=6, markerscale=2
+            )
+    if title:
+        fig.suptitle(title)
     return _finish(fig, save)
