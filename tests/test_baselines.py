@@ -15,6 +15,7 @@ from trvae.baselines import (
     ControlUnchanged,
     LatentArithmetic,
     MeanShift,
+    StrongMMD,
     TRVAEMethod,
     _balance,
     make_method,
@@ -99,14 +100,18 @@ def test_neural_methods_share_arguments():
     train, ctrl, _ = _split(_toy(n=10))
     trvae = TRVAEMethod(**TINY, max_epochs=1).fit(train)
     cvae = CVAE(**TINY, max_epochs=1, beta=5.0).fit(train)
+    strong = StrongMMD(**TINY, max_epochs=1).fit(train)
     assert trvae.model.init_params["beta"] == 100.0 and cvae.model.init_params["beta"] == 0.0
+    assert strong.model.init_params["beta"] == 1e4
     drop = {"beta"}
     assert {k: v for k, v in trvae.model.init_params.items() if k not in drop} == {
         k: v for k, v in cvae.model.init_params.items() if k not in drop
     }
-    for method in (trvae, cvae):
+    for method in (trvae, cvae, strong):
         pred = method.predict(ctrl)
         assert pred.shape == ctrl.shape and pred.dtype == np.float32
+        embs = method.embeddings(ctrl)
+        assert embs["z"].shape == (ctrl.n_obs, 4) and embs["y"].shape == (ctrl.n_obs, 8)
 
 
 def test_balance_equal_cells_per_type():
@@ -128,4 +133,4 @@ def test_errors():
         MeanShift(stimulated="treated").fit(train)
     with pytest.raises(TRVAEError, match="genes differ"):
         ControlUnchanged().fit(train).predict(ctrl[:, :5])
-    assert set(METHODS) == {"trVAE", "CVAE", "scGen", "mean_shift", "control"}
+    assert set(METHODS) == {"trVAE", "CVAE", "trVAE-beta1e4", "scGen", "mean_shift", "control"}
