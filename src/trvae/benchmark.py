@@ -226,6 +226,54 @@ def _markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _degs(real, ctrl_x, var_names, stimulated: str, control: str) -> list[str]:
+    """Top DEGs of the real response (real stimulated vs control cells of one type)."""
+    labels = [stimulated] * len(real) + [control] * len(ctrl_x)
+    sub = AnnData(
+        np.vstack([real, ctrl_x]),
+        obs=pd.DataFrame({"c": labels}, index=[str(k) for k in range(len(labels))]),
+        var=pd.DataFrame(index=var_names),
+    )
+    return top_degs(sub, "c", stimulated, control, n_genes=min(N_DEGS, len(var_names)))
+
+
+def _long(method: str, cell_type: str, scores: dict) -> list[dict]:
+    """Rows of the long metrics table for one method and cell type."""
+    return [
+        {"method": method, "cell_type": cell_type, "metric": k, "value": float(v)}
+        for k, v in scores.items()
+    ]
+
+
+def _progress(df, step: str, cell_type: str, train, ctrl, real, t0: float) -> None:
+    """One line per held-out cell type: sizes and every method's top-100 R²."""
+    r2 = df[(df.cell_type == cell_type) & (df.metric == "r2_mean_top100")]
+    line = " ".join(f"{m}={v:.3f}" for m, v in zip(r2.method, r2.value, strict=True))
+    print(
+        f"{step} {cell_type}: n_train={train.n_obs} n_ctrl={ctrl.n_obs} n_real={len(real)} "
+        f"r2_mean_top100 {line} ({time.perf_counter() - t0:.0f}s)",
+        flush=True,
+    )
+
+
+def _run_lines(command: str, runtime: float) -> list[str]:
+    """Report header lines: the command, the date and the total runtime."""
+    return [
+        f"- **Command**: `{command}`",
+        f"- **Date**: {dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
+        f"- **Total runtime**: {runtime:.0f} s ({runtime / 60:.1f} min)",
+    ]
+
+
+def _software_line() -> str:
+    from trvae import __version__
+
+    return (
+        f"- **Software**: trvae {__version__}, torch {torch.__version__}, python "
+        f"{platform.python_version()}, {os.cpu_count()} CPUs"
+    )
+
+
 def _check_inputs(adata, condition_key, cell_type_key, control, stimulated, cell_types, quick):
     """Validated condition and cell-type labels and the cell types to hold out."""
     V.check_adata(adata)
@@ -378,13 +426,7 @@ def run_benchmark(
                 dense(x_all[np.flatnonzero(held)]),
                 dense(x_all[np.flatnonzero(ctrl_mask)]),
             )
-            labels = [stimulated] * len(real) + [control] * len(ctrl_x)
-            sub = AnnData(
-                np.vstack([real, ctrl_x]),
-                obs=pd.DataFrame({"c": labels}, index=[str(k) for k in range(len(labels))]),
-                var=pd.DataFrame(index=var_names),
-            )
-            degs = top_degs(sub, "c", stimulated, control, n_genes=min(N_DEGS, len(var_names)))
+            degs = _degs(real, ctrl_x, var_names, stimulated, control)
             genes = response_genes(
                 real,
                 ctrl_x,
@@ -424,10 +466,7 @@ def run_benchmark(
                     scores.update(fit_seconds=fit_s, fit_peak_rss_mb=rss.increase_mb)
                     if label == name:
                         scores.update(_latent_scores(embs, diag_obs, condition_key, cell_type_key))
-                    rows += [
-                        {"method": label, "cell_type": cell_type, "metric": k, "value": float(v)}
-                        for k, v in scores.items()
-                    ]
+                    rows += _long(label, cell_type, scores)
                     if label not in scored:
                         scored.append(label)
                 if name == fig_method:
@@ -461,14 +500,7 @@ def run_benchmark(
             df = pd.DataFrame(rows, columns=["method", "cell_type", "metric", "value"])
             _atomic_write(out / "metrics.csv", df.to_csv(index=False))
             _atomic_write(out / "response_genes.csv", pd.concat(gene_tables).to_csv(index=False))
-            r2 = df[(df.cell_type == cell_type) & (df.metric == "r2_mean_top100")]
-            line = " ".join(f"{m}={v:.3f}" for m, v in zip(r2.method, r2.value, strict=True))
-            print(
-                f"[{i}/{len(cell_types)}] {cell_type}: n_train={train.n_obs} "
-                f"n_ctrl={ctrl.n_obs} n_real={len(real)} r2_mean_top100 {line} "
-                f"({time.perf_counter() - t0:.0f}s)",
-                flush=True,
-            )
+            _progress(df, f"[{i}/{len(cell_types)}]", cell_type, train, ctrl, real, t0)
         bars = [
             _save_fig(pl.r2_bars(df, metric), figdir / f"{metric}.png")
             for metric in ("r2_mean_top100", "edist_pca")
@@ -531,7 +563,6 @@ def _report(
     extra: Sequence[str] = (),
 ) -> str:
     """The Markdown report: header, how to read, summary tables, figures."""
-    from trvae import __version__
 
     condition_key, cell_type_key, control, stimulated = keys
     defaults = {
@@ -549,14 +580,11 @@ def _report(
         f"- **Dataset**: {dataset_name or 'AnnData'} — {adata.n_obs} cells × {adata.n_vars} "
         f"genes; `{condition_key}`: {control} → {stimulated}; `{cell_type_key}` held out: "
         + ", ".join(cell_types),
-        f"- **Command**: `{command or 'trvae.benchmark.run_benchmark(...)'}`",
-        f"- **Date**: {dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
-        f"- **Total runtime**: {runtime:.0f} s ({runtime / 60:.1f} min)",
+        *_run_lines(command or "trvae.benchmark.run_benchmark(...)", runtime),
         f"- **Settings**: {other}",
         "- **Architecture** (all neural methods; CVAE sets beta=0, trVAE-beta1e4 beta=1e4, "
         f"scGen has no condition input): {arch_text}",
-        f"- **Software**: trvae {__version__}, torch {torch.__version__}, python "
-        f"{platform.python_version()}, {os.cpu_count()} CPUs",
+        _software_line(),
         f"- **Methods**: {', '.join(methods)}",
         "",
         "## How to read",

@@ -26,10 +26,8 @@ Results go to ``out_dir``: ``metrics.csv`` (long format) and ``report.md``.
 
 from __future__ import annotations
 
-import datetime as dt
 import gc
 import os
-import platform
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,17 +45,21 @@ from trvae.benchmark import (
     BENCHMARK_MODEL,
     BENCHMARK_TRAIN,
     N_BOOT,
-    N_DEGS,
     QUICK_N_BOOT,
     PeakRSS,
     _atomic_write,
     _check_inputs,
+    _degs,
     _fmt,
+    _long,
     _markdown,
+    _progress,
+    _run_lines,
+    _software_line,
     _table,
     _warm_up,
 )
-from trvae.metrics import evaluate_prediction, top_degs
+from trvae.metrics import evaluate_prediction
 from trvae.model import TRVAE
 
 __all__ = [
@@ -171,16 +173,6 @@ def _default_cell_types(types, conds, control, stimulated, min_cells: int) -> li
     table = pd.crosstab(types, conds)
     ok = (table.get(control, 0) >= min_cells) & (table.get(stimulated, 0) >= min_cells)
     return sorted(str(t) for t in table.index[ok])
-
-
-def _degs(real, ctrl_x, var_names, stimulated: str, control: str) -> list[str]:
-    labels = [stimulated] * len(real) + [control] * len(ctrl_x)
-    sub = AnnData(
-        np.vstack([real, ctrl_x]),
-        obs=pd.DataFrame({"c": labels}, index=[str(k) for k in range(len(labels))]),
-        var=pd.DataFrame(index=var_names),
-    )
-    return top_degs(sub, "c", stimulated, control, n_genes=min(N_DEGS, len(var_names)))
 
 
 def _predictions(model: TRVAE, ctrl: AnnData, control: str, stimulated: str, seed: int) -> dict:
@@ -352,21 +344,12 @@ def run_counts_benchmark(
             for name, (p, fit_s, rss_mb) in preds.items():
                 scores = evaluate_prediction(p, real, ctrl_x, genes, degs, n_boot=n_boot, seed=seed)
                 scores.update(fit_seconds=fit_s, fit_peak_rss_mb=rss_mb)
-                rows += [
-                    {"method": name, "cell_type": cell_type, "metric": k, "value": float(v)}
-                    for k, v in scores.items()
-                ]
+                rows += _long(name, cell_type, scores)
                 if name not in scored:
                     scored.append(name)
             df = pd.DataFrame(rows, columns=["method", "cell_type", "metric", "value"])
             _atomic_write(out / "metrics.csv", df.to_csv(index=False))
-            r2 = df[(df.cell_type == cell_type) & (df.metric == "r2_mean_top100")]
-            line = " ".join(f"{m}={v:.3f}" for m, v in zip(r2.method, r2.value, strict=True))
-            print(
-                f"[{i}/{len(cell_types)}] {cell_type}: n_train={train.n_obs} n_ctrl={ctrl.n_obs} "
-                f"n_real={len(real)} r2_mean_top100 {line} ({time.perf_counter() - t0:.0f}s)",
-                flush=True,
-            )
+            _progress(df, f"[{i}/{len(cell_types)}]", cell_type, train, ctrl, real, t0)
     finally:
         torch.set_num_threads(threads_before)
     runtime = time.perf_counter() - start
@@ -440,7 +423,6 @@ def _report(
     n_top_genes, sizes,
 ) -> str:  # fmt: skip
     """The Markdown report: header, protocol, the winners table, summary tables."""
-    from trvae import __version__
 
     condition_key, cell_type_key, control, stimulated = keys
     name = dataset_name or "AnnData"
@@ -460,12 +442,9 @@ def _report(
         f"- **Dataset**: {name} — {adata.n_obs} cells × {adata.n_vars} genes of raw counts; "
         f"`{condition_key}`: {control} → {stimulated}; `{cell_type_key}` held out: "
         + ", ".join(cell_types),
-        f"- **Command**: `{command or 'trvae.benchmark_counts.run_counts_benchmark(...)'}`",
-        f"- **Date**: {dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
-        f"- **Total runtime**: {runtime:.0f} s ({runtime / 60:.1f} min)",
+        *_run_lines(command or "trvae.benchmark_counts.run_counts_benchmark(...)", runtime),
         f"- **Settings** (the same for the three networks): {settings_text}",
-        f"- **Software**: trvae {__version__}, torch {torch.__version__}, python "
-        f"{platform.python_version()}, {os.cpu_count()} CPUs",
+        _software_line(),
         "",
         "## Protocol",
         "",
