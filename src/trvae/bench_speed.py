@@ -8,10 +8,13 @@ on synthetic data (about 10% non-zeros, dense or CSR-sparse), it measures
   fit;
 - prediction cells/s: :meth:`trvae.TRVAE.predict` (``mode="decode"``, decoder mean);
 - the fp32 GEMM rate of the machine: ``torch.mm`` of two large square matrices, in GFLOP/s;
-- the fraction of that rate reached by training, with FLOPs counted from the layer sizes:
-  ``2 * batch * n_in * n_out`` per ``nn.Linear`` forward, backward twice the forward. The MMD
-  kernel, the loss and the optimiser are not counted (they are small next to the Linear layers),
-  so the fraction is a lower bound on the hardware's use.
+- the fraction of that rate reached by training and by prediction, with FLOPs counted from the
+  layer sizes: ``2 * batch * n_in * n_out`` per ``nn.Linear`` forward, backward twice the
+  forward; prediction is one forward pass. The MMD kernel, the loss and the optimiser are not
+  counted (they are small next to the Linear layers), so the fractions are lower bounds on the
+  hardware's use;
+- the roofline of prediction: the GEMM rate divided by the forward FLOPs of one cell, the most
+  cells/s any implementation of this network can reach on this machine.
 
 Nothing here is a test: the numbers depend on the machine and its load.
 """
@@ -44,6 +47,8 @@ COLUMNS = (
     "% of GEMM",
     "train s/step",
     "predict cells/s",
+    "predict % of GEMM",
+    "predict roofline cells/s",
 )
 
 
@@ -194,6 +199,7 @@ def run_speed_bench(
                 seconds, n_steps = _time_training(model, steps, warmup_steps, batch_size, seed)
                 flops = 3 * linear_flops(model.module, batch_size) * n_steps
                 pred_s = _time_prediction(model, adata)
+                cell_flops = linear_flops(model.module, 1)
                 rows.append(
                     {
                         "genes": n_genes,
@@ -203,6 +209,8 @@ def run_speed_bench(
                         "% of GEMM": 100.0 * flops / seconds / 1e9 / gemm,
                         "train s/step": seconds / n_steps,
                         "predict cells/s": n_cells / pred_s,
+                        "predict % of GEMM": 100.0 * n_cells * cell_flops / pred_s / 1e9 / gemm,
+                        "predict roofline cells/s": gemm * 1e9 / cell_flops,
                     }
                 )
                 if verbose:
@@ -228,6 +236,8 @@ def _format(table: pd.DataFrame, header: bool = True) -> str:
         "% of GEMM": "{:.1f}".format,
         "train s/step": "{:.4f}".format,
         "predict cells/s": "{:.0f}".format,
+        "predict % of GEMM": "{:.1f}".format,
+        "predict roofline cells/s": "{:.0f}".format,
     }
     return table.to_string(index=False, header=header, formatters=fmt)
 
