@@ -9,7 +9,13 @@ import torch
 from trvae import TRVAE
 
 TINY = {"n_hidden": (16,), "n_latent": 4, "n_mmd": 8}
-TRAIN = {"max_epochs": 4, "batch_size": 32, "early_stopping": False, "progress_bar": False}
+TRAIN = {
+    "accelerator": "cpu",
+    "max_epochs": 4,
+    "batch_size": 32,
+    "early_stopping": False,
+    "progress_bar": False,
+}
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,15 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
+from trvae._distributed import DistributedTrainingError
 from trvae.model import TRVAE
 from trvae.module import TRVAEModule
 
-__all__ = ["TRVAE", "ModelLoadError", "TRVAEError", "TRVAEModule", "__version__"]
+__all__ = [
+    "TRVAE",
+    "DistributedTrainingError",
+    "ModelLoadError",
+    "TRVAEError",
+    "TRVAEModule",
+    "__version__",
+]

@@ -85,6 +85,9 @@ def _train(args: argparse.Namespace) -> int:
         progress_bar=not args.quiet,
         checkpoint_dir=args.checkpoint_dir,
         resume=args.resume,
+        accelerator=args.accelerator,
+        devices=args.devices,
+        strategy=args.strategy,
     )
     model.save(out, overwrite=args.overwrite)
     best = model.history.attrs.get("best_epoch", "?")
@@ -229,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing MODEL_DIR")
     p.add_argument("--checkpoint-dir", help="write the training state here after every epoch")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
+    p.add_argument("--accelerator", default="auto", help="auto (default), cpu, gpu/cuda, mps")
+    p.add_argument("--devices", default="auto", help="number of devices (DDP if >= 2) or auto")
+    p.add_argument("--strategy", default="auto", help="auto (default) or ddp")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--threads", type=_positive, help="torch CPU threads (default: torch's)")
 
@@ -275,9 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--threads", type=_positive, help="torch CPU threads (default: torch's)")
+    from trvae.bench_scale import add_scale_parser
     from trvae.bench_speed import add_bench_parser
 
     add_bench_parser(sub)
+    add_scale_parser(sub.choices["bench"])
     return parser
 
 
@@ -311,6 +319,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "bench":
             from trvae.bench_speed import bench_command
 
+            if args.bench == "scale":
+                from trvae.bench_scale import scale_command
+
+                return scale_command(args)
             return bench_command(args)
         return _benchmark(args, argv)
     except (TRVAEError, FileNotFoundError) as err:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
+import anndata
 import numpy as np
 import pandas as pd
 import torch
@@ -42,7 +43,11 @@ class TRVAE:
     ----------
     adata
         Training data, cells x genes. Log-normalised expression for ``likelihood="mse"``, raw
-        counts for ``"nb"``/``"zinb"``. Sparse matrices stay sparse.
+        counts for ``"nb"``/``"zinb"``. Sparse matrices stay sparse. A backed AnnData
+        (``anndata.read_h5ad(path, backed="r")``), a view of one (``backed[mask]``: its rows are
+        streamed from the file, not copied) or the path of an ``.h5ad`` file (opened backed) is
+        trained out of core: mini-batches are read from disk by a block-shuffled sampler (see
+        :mod:`trvae._data`) and the values are checked in chunks. Only X is streamed.
     condition_key
         Column of ``adata.obs`` with the condition of each cell (or set by :meth:`setup_anndata`).
     layer
@@ -74,7 +79,7 @@ class TRVAE:
 
     def __init__(
         self,
-        adata: AnnData,
+        adata: AnnData | str | os.PathLike,
         condition_key: str | None = None,
         layer: str | None = None,
         likelihood: str = "mse",
@@ -90,7 +95,7 @@ class TRVAE:
         architecture: str = "mlp",
         image_shape: Sequence[int] | None = None,
     ) -> None:
-        V.check_adata(adata)
+        adata = V.check_adata(V.as_anndata(adata))
         setup = (
             adata.uns.get(_SETUP_KEY, {}) if isinstance(adata.uns, dict | type(adata.uns)) else {}
         )
@@ -103,7 +108,8 @@ class TRVAE:
         image_shape = _check_architecture(adata, architecture, likelihood, image_shape)
         conditions = V.check_obs_key(adata, condition_key)
         self.conditions_ = V.check_conditions(conditions, condition_key)
-        V.check_values(V.get_matrix(adata, layer), likelihood, _where(layer))
+        x, rows, _ = V.matrix_rows(adata, layer, None)
+        V.check_values(x, likelihood, _where(layer), rows=rows)
         self.condition_key, self.layer = condition_key, layer
         self.var_names = list(map(str, adata.var_names))
         if len(set(self.var_names)) != len(self.var_names):
@@ -155,15 +161,18 @@ class TRVAE:
         )
 
     # ------------------------------------------------------------------ data
-    def _cell_data(self, adata: AnnData, condition: str | None = None) -> CellData:
+    def _cell_data(
+        self, adata: AnnData | str | os.PathLike, condition: str | None = None
+    ) -> CellData:
         """Validated :class:`CellData` of ``adata`` in the training gene order.
 
-        ``condition`` replaces every cell's own condition (which then need not be in obs).
+        ``condition`` replaces every cell's own condition (which then need not be in obs). A path
+        is opened backed; backed data (and views of it) are streamed from disk.
         """
-        V.check_adata(adata)
+        adata = V.check_adata(V.as_anndata(adata))
         order = V.align_genes(adata, self.var_names)
-        x = V.get_matrix(adata, self.layer)
-        V.check_values(x, self.init_params["likelihood"], _where(self.layer))
+        x, rows, order = V.matrix_rows(adata, self.layer, order)
+        V.check_values(x, self.init_params["likelihood"], _where(self.layer), rows=rows)
         if condition is None:
             labels = V.check_obs_key(adata, self.condition_key)
             unknown = sorted(set(labels) - set(self.conditions_))
@@ -176,7 +185,7 @@ class TRVAE:
         else:
             code = self.conditions_.index(V.check_condition_value(condition, self.conditions_))
             codes = np.full(adata.n_obs, code)
-        return CellData(x, codes, order)
+        return CellData(x, codes, order, row_map=rows)
 
     # ------------------------------------------------------------------ training
     def train(
@@ -191,6 +200,9 @@ class TRVAE:
         progress_bar: bool = True,
         checkpoint_dir: str | Path | None = None,
         resume: bool = False,
+        accelerator: str = "auto",
+        devices: int | str = "auto",
+        strategy: str = "auto",
         **plan_kwargs,
     ) -> TRVAE:
         """Fit the model on the AnnData it was created with.
@@ -208,7 +220,25 @@ class TRVAE:
             Directory where the training state is written (atomically) after every epoch.
         resume
             Continue from the training state in ``checkpoint_dir``.
+        accelerator
+            ``"auto"`` (a CUDA GPU when available, else CPU), ``"cpu"``, ``"gpu"``/``"cuda"``
+            or ``"mps"``. The module is moved there for training and back to CPU afterwards.
+            Only the CPU runs bit-for-bit reproducibly.
+        devices
+            Number of devices, one training process each, or ``"auto"`` (every visible GPU with
+            ``strategy="ddp"`` on CUDA, else 1). With 2 or more, training runs with DDP in
+            spawned processes (see :mod:`trvae._distributed`): ``batch_size`` is per process,
+            the MMD compares the conditions within each process's batch, and a script must keep
+            its code under ``if __name__ == "__main__":``.
+        strategy
+            ``"auto"`` (DDP when ``devices >= 2``) or ``"ddp"``; trvae implements DDP with
+            ``torch.distributed`` itself, not with Lightning.
         """
+        from functools import partial
+
+        from trvae._distributed import fit_distributed, resolve_devices
+
+        setup = resolve_devices(accelerator, devices, strategy)
         data = self._cell_data(self.adata)
         codes = data.conditions.numpy()
         V.check_conditions(pd.Series(codes), self.condition_key, min_cells=2)
@@ -228,22 +258,29 @@ class TRVAE:
             if resume and (checkpoint_dir / _CHECKPOINT).exists():
                 resume_state = _load_checkpoint(checkpoint_dir / _CHECKPOINT, self._build_module())
             self._write_config(checkpoint_dir)
-
-            def on_epoch_end(state: dict) -> None:
-                _atomic_torch_save(state, checkpoint_dir / _CHECKPOINT)
-
+            # a partial, not a closure: DDP pickles it for its processes (rank 0 writes)
+            on_epoch_end = partial(_atomic_torch_save, path=checkpoint_dir / _CHECKPOINT)
         elif resume:
             raise TRVAEError("resume=True needs the checkpoint_dir of the interrupted run")
-        self.history = plan.fit(
-            self.module,
-            data,
-            train_idx,
-            val_idx,
-            seed=seed,
-            progress_bar=progress_bar,
-            on_epoch_end=on_epoch_end,
-            resume_state=resume_state,
-        )
+        fit_kwargs = {
+            "seed": seed,
+            "progress_bar": progress_bar,
+            "on_epoch_end": on_epoch_end,
+            "resume_state": resume_state,
+        }
+        if setup.distributed:  # rank 0's best weights come back into self.module, on CPU
+            self.history = fit_distributed(
+                plan, self.module, data, train_idx, val_idx, setup, **fit_kwargs
+            )
+        else:
+            device = setup.device()
+            try:
+                self.module.to(device)
+                self.history = plan.fit(
+                    self.module, data, train_idx, val_idx, device=device, **fit_kwargs
+                )
+            finally:  # prediction, the noise model and save work on CPU tensors
+                self.module.cpu()
         self._fit_noise_model(data, train_idx)
         self.is_trained = True
         return self
@@ -297,20 +334,22 @@ class TRVAE:
 
     def predict(
         self,
-        adata: AnnData,
+        adata: AnnData | str | os.PathLike,
         target_condition: str,
         source_condition: str | None = None,
         return_mean: bool = True,
         mode: str = "auto",
         batch_size: int = 1024,
         seed: int = 0,
+        out: str | os.PathLike | None = None,
     ) -> AnnData:
         """Carry cells to ``target_condition``: encode with their condition, decode with the target.
 
         Parameters
         ----------
         adata
-            Cells to transfer, with the training genes (any order: they are realigned).
+            Cells to transfer, with the training genes (any order: they are realigned). A backed
+            AnnData, a view of one or the path of an ``.h5ad`` file is streamed from disk.
         target_condition
             Condition to decode with.
         source_condition
@@ -329,6 +368,12 @@ class TRVAE:
             ``"auto"``: ``"residual"`` for MSE, ``"decode"`` for NB/ZINB.
         seed
             Seed of the sampling when ``return_mean=False``.
+        out
+            Write the prediction to this ``.h5ad`` file batch by batch instead of building it in
+            memory, and return it opened backed (read-only; close it with ``.file.close()``).
+            X is CSR for count samples (NB/ZINB with ``return_mean=False``), dense float32
+            otherwise. The file is written beside ``out`` under a temporary name and renamed
+            when complete (an existing ``out`` is replaced). Values equal the in-memory ones.
 
         Returns
         -------
@@ -336,6 +381,7 @@ class TRVAE:
         ``condition_key`` is set to ``target_condition``. ``uns["trvae_prediction"]`` says
         whether X holds means or samples.
         """
+        adata = V.as_anndata(adata)
         likelihood = self.init_params["likelihood"]
         if mode == "auto":
             mode = "residual" if likelihood == "mse" else "decode"
@@ -356,21 +402,42 @@ class TRVAE:
                 return (x + change).clamp_min(module.x_min)
             return gen["mean"] if return_mean else module.sample(gen)
 
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            pred = self._run(data, fn, batch_size)
         obs = adata.obs.copy()
-        obs[self.condition_key] = pd.Categorical([label] * adata.n_obs, categories=self.conditions_)
+        obs[self.condition_key] = pd.Categorical.from_codes(
+            np.full(adata.n_obs, target), categories=self.conditions_
+        )
         order = V.align_genes(adata, self.var_names)
         var = adata.var.copy() if order is None else adata.var.iloc[order].copy()
-        out = AnnData(pred.astype(np.float32), obs=obs, var=var)
-        out.uns["trvae_prediction"] = {
-            "target_condition": label,
-            "source_condition": None if source_condition is None else str(source_condition),
-            "values": "residual" if mode == "residual" else ("mean" if return_mean else "sample"),
-            "likelihood": likelihood,
+        values = "residual" if mode == "residual" else ("mean" if return_mean else "sample")
+        uns = {
+            "trvae_prediction": {
+                "target_condition": label,
+                "source_condition": None if source_condition is None else str(source_condition),
+                "values": values,
+                "likelihood": likelihood,
+            }
         }
-        return out
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            if out is not None:
+                counts = values == "sample" and likelihood in V.COUNT_LIKELIHOODS
+                return self._write_prediction(data, fn, batch_size, out, obs, var, uns, counts)
+            pred = self._run(data, fn, batch_size)
+        result = AnnData(pred.astype(np.float32), obs=obs, var=var)
+        result.uns.update(uns)
+        return result
+
+    @torch.no_grad()
+    def _write_prediction(
+        self, data: CellData, fn, batch_size: int, out, obs, var, uns, counts: bool
+    ) -> AnnData:
+        """Stream ``fn``'s output over ``data`` into the ``.h5ad`` file ``out``; open it backed."""
+        from trvae._h5ad import write_h5ad_chunked
+
+        self.module.eval()
+        batches = (fn(*b).numpy() for b in data.batches(np.arange(len(data)), batch_size))
+        path = write_h5ad_chunked(out, obs, var, batches, sparse_x=counts, uns=uns)
+        return anndata.read_h5ad(path, backed="r")
 
     # ------------------------------------------------------------------ persistence
     def _config(self) -> dict:
