@@ -293,6 +293,15 @@ def test_count_models_on_sparse_counts(counts, likelihood):
     assert model.predict(adata, "stimulated", return_mean=False).uns["trvae_prediction"][
         "values"
     ] == ("sample")
+    # residual read-out: each cell's counts plus the decoder's change, floored at 0
+    x = _dense(adata.X)
+    to_self = model.predict(adata, adata.obs["condition"].iloc[0], mode="decode").X
+    residual = model.predict(adata, "stimulated", mode="residual")
+    assert residual.uns["trvae_prediction"]["values"] == "residual"
+    own = adata.obs["condition"].to_numpy() == adata.obs["condition"].iloc[0]
+    expected = np.maximum(x + means - to_self, 0.0)
+    np.testing.assert_allclose(residual.X[own], expected[own], rtol=1e-4, atol=1e-4)
+    assert (residual.X >= 0).all() and float(model.module.x_min) == 0.0
 
 
 def test_checkpoint_and_resume(small, tmp_path):

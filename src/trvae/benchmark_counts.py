@@ -184,7 +184,12 @@ def _predictions(model: TRVAE, ctrl: AnnData, control: str, stimulated: str, see
     if lik == "mse":
         residual = model.predict(ctrl, stimulated, source_condition=control, mode="residual")
         return {"mse": mean, "mse-sample": sample, "mse-residual": dense(residual.X)}
-    return {lik: dense(log_normalize(mean)), f"{lik}-sample": dense(log_normalize(sample))}
+    residual = model.predict(ctrl, stimulated, source_condition=control, mode="residual").X
+    return {
+        lik: dense(log_normalize(mean)),
+        f"{lik}-sample": dense(log_normalize(sample)),
+        f"{lik}-residual": dense(log_normalize(residual)),
+    }
 
 
 def run_counts_benchmark(

@@ -287,8 +287,14 @@ class TRVAE:
 
     @torch.no_grad()
     def _fit_noise_model(self, data: CellData, idx: np.ndarray, batch_size: int = 1024) -> None:
-        """Record the per-gene residual SD (the MSE head's noise) and the smallest value."""
+        """Record the per-gene residual SD (the MSE head's noise) and the smallest value.
+
+        Count likelihoods need neither a pass nor an SD: their floor is 0 counts.
+        """
         self.module.eval()
+        if self.init_params["likelihood"] != "mse":
+            self.module.x_min.fill_(0.0)
+            return
         sq_sum = torch.zeros(self.module.n_input, dtype=torch.float64)
         x_min = float("inf")
         for x, c, lib in data.batches(idx, batch_size):
@@ -360,11 +366,13 @@ class TRVAE:
             NB/ZINB), which looks like real cells: use it for distribution-shape metrics.
         mode
             ``"decode"``: the paper's transfer, the decoder's output for the target condition.
-            ``"residual"`` (MSE only): each cell's own profile plus the decoder's change,
+            ``"residual"``: each cell's own profile plus the decoder's change,
             ``x + mean(x | z, target) - mean(x | z, source)``, floored at the smallest training
-            value. It keeps the cell-to-cell variation that decoding averages away and cancels
-            the decoder's reconstruction bias, which measurably improves both mean and variance
-            R² (see the benchmark report); ``return_mean`` does not apply to it.
+            value (0 for counts; the library size of both means is the cell's own). It keeps the
+            cell-to-cell variation that decoding averages away and cancels the decoder's
+            reconstruction bias, which measurably improves both mean and variance R² (see the
+            benchmark reports); ``return_mean`` does not apply to it. For NB/ZINB the result
+            is expected counts (not integers).
             ``"auto"``: ``"residual"`` for MSE, ``"decode"`` for NB/ZINB.
         seed
             Seed of the sampling when ``return_mean=False``.
@@ -387,8 +395,6 @@ class TRVAE:
             mode = "residual" if likelihood == "mse" else "decode"
         if mode not in ("decode", "residual"):
             raise TRVAEError(f"mode must be 'auto', 'decode' or 'residual', got {mode!r}")
-        if mode == "residual" and likelihood != "mse":
-            raise TRVAEError(f"mode='residual' needs likelihood='mse', not {likelihood!r}")
         data = self._cell_data(adata, condition=source_condition)
         target = self._code(target_condition)
         label = self.conditions_[target]
