@@ -290,8 +290,8 @@ def test_bench_scale_end_to_end(tmp_path, capsys):
     argv += ["--threads", "1", "--batch-size", "128", "--n-hidden", "32", "--quiet"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "3,000 cells x 50 genes" in out and "peak RSS" in out and "trVAE prediction" in out
-    for phase in ("write", "setup", "train", "predict", "score"):
+    assert "3,000 cells x 50 genes" in out and "peak RSS" in out and "trVAE (residual)" in out
+    for phase in ("write", "setup", "train", "predict", "residual", "score"):
         assert f"\n{phase} " in out
     pred = ad.read_h5ad(tmp_path / "scale.pred.h5ad", backed="r")
     try:
@@ -299,6 +299,13 @@ def test_bench_scale_end_to_end(tmp_path, capsys):
         assert set(pred.obs["condition"]) == {"stimulated"}
     finally:
         pred.file.close()
+    residual = ad.read_h5ad(tmp_path / "scale.residual.h5ad", backed="r")
+    try:
+        assert residual.n_obs == pred.n_obs and residual.uns["trvae_prediction"]["values"] == (
+            "residual"
+        )
+    finally:
+        residual.file.close()
     assert main(argv) == 0  # the file is reused
     assert "\nreuse " in capsys.readouterr().out
     assert main([*argv[:3], "4000", *argv[4:]]) == 2  # a file of another size is not replaced

@@ -14,7 +14,9 @@ The phases, each timed, with the peak resident memory (RSS) of the process durin
    time includes :meth:`train`'s own pass over the training cells after the epoch.
 4. **predict**: the held-out pair is predicted from the control cells of its cell type, one NB
    sample per cell (``return_mean=False``), written to ``<path stem>.pred.h5ad`` batch by batch
-   (``predict(..., out=...)``).
+   (``predict(..., out=...)``); then, as phase **residual**, the residual read-out
+   (``mode="residual"``: each control cell's counts plus the decoder's change) to
+   ``<path stem>.residual.h5ad``.
 5. **score**: the predicted counts are log-normalised (``normalize_total(1e4)`` + ``log1p``,
    the library size of each predicted cell is that of its source control cell) and their mean
    per gene is compared with the simulator's true mean of the held-out pair
@@ -210,6 +212,7 @@ def run_scale_bench(
 
     path = Path(path or f"trvae_scale_{n_cells}x{n_genes}.h5ad")
     pred_path = path.with_name(f"{path.stem}.pred.h5ad")
+    residual_path = path.with_name(f"{path.stem}.residual.h5ad")
     model_kwargs = {**SCALE_MODEL, **(model_kwargs or {})}
     threads_before = torch.get_num_threads()
     n_threads = int(n_threads or threads_before)
@@ -263,10 +266,17 @@ def run_scale_bench(
                     adata[source], STIMULATED, return_mean=False, seed=seed, out=pred_path
                 )
             cells["predict"] = int(source.sum())
+            with timed("residual"):
+                residual = model.predict(
+                    adata[source], STIMULATED, mode="residual", out=residual_path
+                )
+            cells["residual"] = int(source.sum())
             with timed("score"):
-                scores = _score(adata, pred, held_out_type, held, source)
-            cells["score"] = int(2 * source.sum() + held.sum())
+                preds = {"trvae": pred, "trvae_residual": residual}
+                scores = _score(adata, preds, held_out_type, held, source)
+            cells["score"] = int(3 * source.sum() + held.sum())
             pred.file.close()
+            residual.file.close()
             adata.file.close()
     finally:
         torch.set_num_threads(threads_before)
@@ -292,7 +302,7 @@ def run_scale_bench(
     return result
 
 
-def _score(adata, pred, held_out_type: str, held: np.ndarray, source: np.ndarray) -> dict:
+def _score(adata, preds: dict, held_out_type: str, held: np.ndarray, source: np.ndarray) -> dict:
     """R² of the predicted, the control and the real held-out means against the truth."""
     sim = adata.uns["sim"]
     types, conds = list(sim["cell_types"]), list(sim["conditions"])
@@ -301,19 +311,22 @@ def _score(adata, pred, held_out_type: str, held: np.ndarray, source: np.ndarray
     true_stim, true_ctrl = truth[t, conds.index(STIMULATED)], truth[t, conds.index(CONTROL)]
     target_sum = float(sim["target_sum"])
     top = np.argsort(-np.abs(true_stim - true_ctrl), kind="stable")[: min(N_TOP, len(true_stim))]
-    predicted = _log_norm_sum(pred.X, np.arange(pred.n_obs), target_sum) / pred.n_obs
+    predicted = {
+        name: _log_norm_sum(p.X, np.arange(p.n_obs), target_sum) / p.n_obs
+        for name, p in preds.items()
+    }
     real = _log_norm_sum(adata.X, np.flatnonzero(held), target_sum) / max(int(held.sum()), 1)
     control = _log_norm_sum(adata.X, np.flatnonzero(source), target_sum) / max(source.sum(), 1)
     others = [u for u in range(len(types)) if u != t]
     stim, ctrl = conds.index(STIMULATED), conds.index(CONTROL)
     shift = true_ctrl + (truth[others, stim] - truth[others, ctrl]).mean(0) if others else true_ctrl
     out = {"n_top": len(top), "n_source_cells": int(source.sum()), "n_held_out": int(held.sum())}
-    refs = (("trvae", predicted), ("control", true_ctrl), ("shift", shift), ("real", real))
-    for name, values in refs:
+    refs = {**predicted, "control": true_ctrl, "shift": shift, "real": real}
+    for name, values in refs.items():
         out[f"r2_all_{name}"] = _r2(values, true_stim)
         out[f"r2_top_{name}"] = _r2(values[top], true_stim[top])
     response = true_stim - true_ctrl
-    for name, values in (("trvae", predicted), ("shift", shift), ("real", real)):
+    for name, values in {**predicted, "shift": shift, "real": real}.items():
         change = values - (true_ctrl if name == "shift" else control)  # control: the file's cells
         out[f"response_r_all_{name}"] = _pearson(change, response)
         out[f"response_r_top_{name}"] = _pearson(change[top], response[top])
@@ -342,13 +355,17 @@ def _report(r: dict, held_out_type: str) -> str:
         f"{r['n_source_cells']:,} {CONTROL} cells (one NB sample each, log-normalised)",
         f"R² of mean log-normalised expression vs the simulator's truth (all genes / top-"
         f"{r['n_top']} response genes):",
-        f"  trVAE prediction      {r['r2_all_trvae']:.3f} / {r['r2_top_trvae']:.3f}",
+        f"  trVAE (NB samples)    {r['r2_all_trvae']:.3f} / {r['r2_top_trvae']:.3f}",
+        f"  trVAE (residual)      {r['r2_all_trvae_residual']:.3f} / "
+        f"{r['r2_top_trvae_residual']:.3f}",
         f"  control (no response) {r['r2_all_control']:.3f} / {r['r2_top_control']:.3f}",
         f"  other types' response {r['r2_all_shift']:.3f} / {r['r2_top_shift']:.3f}",
         f"  real held-out cells   {r['r2_all_real']:.3f} / {r['r2_top_real']:.3f}",
         "Pearson r of the response (mean minus the control cells' mean) vs the true response:",
-        f"  trVAE prediction      {r['response_r_all_trvae']:.3f} / "
+        f"  trVAE (NB samples)    {r['response_r_all_trvae']:.3f} / "
         f"{r['response_r_top_trvae']:.3f}",
+        f"  trVAE (residual)      {r['response_r_all_trvae_residual']:.3f} / "
+        f"{r['response_r_top_trvae_residual']:.3f}",
         f"  other types' response {r['response_r_all_shift']:.3f} / "
         f"{r['response_r_top_shift']:.3f}",
         f"  real held-out cells   {r['response_r_all_real']:.3f} / {r['response_r_top_real']:.3f}",
