@@ -1,5 +1,6 @@
 """trVAE: transfer variational autoencoder for out-of-distribution condition transfer."""
 
+import importlib
 from importlib.metadata import PackageNotFoundError, version
 
 from trvae._errors import ModelLoadError, TRVAEError
@@ -21,3 +22,17 @@ __all__ = [
     "TRVAEModule",
     "__version__",
 ]
+
+#: Submodules reachable as attributes after ``import trvae`` (scanpy style: ``trvae.pl``), each
+#: imported on first use so that ``import trvae`` stays light (no matplotlib, no scanpy).
+_SUBMODULES = ("baselines", "benchmark", "datasets", "images", "metrics", "pl")
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"trvae.{name}")
+    raise AttributeError(f"module 'trvae' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_SUBMODULES])
