@@ -120,12 +120,15 @@ def _log_norm_sum(x, rows: np.ndarray, target_sum: float) -> np.ndarray:
 
     total = np.zeros(x.shape[1])
     for start in range(0, len(rows), SCORE_ROWS):
-        block = sparse.csr_matrix(read_rows(x, rows[start : start + SCORE_ROWS]), dtype=np.float64)
-        lib = np.asarray(block.sum(1)).ravel()
+        block = read_rows(x, rows[start : start + SCORE_ROWS])
+        lib = np.asarray(block.sum(1), dtype=np.float64).ravel()
         scale = np.divide(target_sum, lib, out=np.zeros_like(lib), where=lib > 0)
-        block = sparse.diags(scale) @ block
-        block.data = np.log1p(block.data)
-        total += np.asarray(block.sum(0)).ravel()
+        if sparse.issparse(block):  # only the non-zeros are transformed
+            block = sparse.diags(scale) @ sparse.csr_matrix(block, dtype=np.float64)
+            block.data = np.log1p(block.data)
+            total += np.asarray(block.sum(0)).ravel()
+        else:  # dense predictions (means, residuals): no sparse copy
+            total += np.log1p(np.asarray(block, dtype=np.float64) * scale[:, None]).sum(0)
     return total
 
 
