@@ -652,12 +652,15 @@ def _verdicts(df: pd.DataFrame, metric: str, ref: str, others: Sequence[str]) ->
         if ref not in wide or other not in wide:
             continue
         both = wide[[ref, other]].dropna()
-        wins = [str(t) for t in both.index[both[ref] > both[other]]]
-        losses = [str(t) for t in both.index[both[ref] <= both[other]]]
+        diff = both[ref] - both[other]
+        wins, ties, losses = (
+            [str(t) for t in both.index[mask]] for mask in (diff > 0, diff == 0, diff < 0)
+        )
         lines.append(
             f"- `{metric}`: {ref} beats {other} on {len(wins)} of {len(both)} cell types"
             + (f" ({', '.join(wins)})" if wins else "")
-            + (f"; it does not on {', '.join(losses)}" if losses else "")
+            + (f"; ties on {', '.join(ties)}" if ties else "")
+            + (f"; loses on {', '.join(losses)}" if losses else "")
             + "."
         )
     return lines
