@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,70 +47,14 @@ import numpy as np
 import torch
 from scipy import sparse
 
-__all__ = ["RSSSampler", "run_scale_bench"]
+from trvae._memory import PeakRSS, status_mb
+
+__all__ = ["run_scale_bench"]
 
 N_CELLS, N_GENES, BATCH_SIZE = 1_000_000, 2000, 512
 SCALE_MODEL: dict = {"n_hidden": (256, 256), "n_latent": 40, "n_mmd": 128}
 HELD_OUT_TYPE, CONTROL, STIMULATED = "type0", "control", "stimulated"
 N_TOP, SCORE_ROWS = 100, 16384
-
-
-def _status_mb(field: str) -> float:
-    """A memory field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in MiB; NaN elsewhere."""
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return float("nan")
-
-
-class RSSSampler:
-    """Peak resident memory of this process, overall and per phase (a thread polls ``VmRSS``).
-
-    Use as a context manager; inside it, ``with sampler.phase(name):`` records the peak RSS seen
-    while the phase ran in ``sampler.peaks[name]`` (MiB).
-    """
-
-    def __init__(self, interval: float = 0.05) -> None:
-        self.interval = interval
-        self.peaks: dict[str, float] = {}
-        self.peak = float("nan")
-        self._current = float("nan")
-
-    def _poll(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._sample()
-
-    def _sample(self) -> None:
-        rss = _status_mb("VmRSS")
-        self.peak = max(self.peak, rss) if self.peak == self.peak else rss
-        self._current = max(self._current, rss) if self._current == self._current else rss
-
-    def __enter__(self) -> RSSSampler:
-        self._stop = threading.Event()
-        self._sample()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sample()
-
-    @contextmanager
-    def phase(self, name: str):
-        """Record the peak RSS of the block under ``name``."""
-        self._current = float("nan")
-        self._sample()
-        try:
-            yield
-        finally:
-            self._sample()
-            self.peaks[name] = self._current
 
 
 def _log_norm_sum(x, rows: np.ndarray, target_sum: float) -> np.ndarray:
@@ -237,7 +180,7 @@ def run_scale_bench(
 
     try:
         torch.set_num_threads(n_threads)
-        with RSSSampler() as sampler:
+        with PeakRSS(interval=0.05, release=False) as sampler:
             with timed("write"):
                 written = _open_or_write(path, n_cells, n_genes, seed, chunk_size)
             cells["write"] = n_cells if written else 0
@@ -296,7 +239,7 @@ def run_scale_bench(
         "cells": cells,
         "peak_rss_mb": dict(sampler.peaks),
         "peak_rss_sampled_mb": sampler.peak,
-        "peak_rss_hwm_mb": _status_mb("VmHWM"),
+        "peak_rss_hwm_mb": status_mb("VmHWM"),
         "cells_per_s": {k: cells[k] / times[k] for k in times if cells.get(k) and times[k] > 0},
         **scores,
     }

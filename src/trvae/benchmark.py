@@ -8,14 +8,12 @@ to ``out_dir``: ``metrics.csv`` (long format), ``figures/*.png`` and ``report.md
 
 from __future__ import annotations
 
-import ctypes
 import datetime as dt
 import gc
 import inspect
 import os
 import platform
 import re
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +25,7 @@ from anndata import AnnData
 
 from trvae import _validation as V
 from trvae._errors import TRVAEError
+from trvae._memory import PeakRSS
 from trvae.baselines import METHODS, dense, make_method
 from trvae.metrics import (
     evaluate_prediction,
@@ -79,58 +78,6 @@ SUMMARY = (
     ("fit_seconds", "Fit time (s)", True),
     ("fit_peak_rss_mb", "Peak memory increase during the fit (MB)", True),
 )
-
-
-def _rss_mb() -> float:
-    """Resident set size of this process in MB from ``/proc/self/status`` (NaN elsewhere)."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return float("nan")
-
-
-def _release_memory() -> None:
-    """Hand freed heap memory back to the OS (glibc's ``malloc_trim``), for a fair baseline."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-class PeakRSS:
-    """Context manager measuring the peak RSS increase of a block (a thread polls ~every 20 ms).
-
-    Freed memory is first returned to the OS (glibc's ``malloc_trim``), so that memory the
-    allocator kept from earlier work does not hide the block's own use (call ``gc.collect()``
-    before, if garbage cycles may hold memory). After the block, ``increase_mb`` is the peak RSS
-    seen minus the RSS before it.
-    """
-
-    def __init__(self, interval: float = 0.02) -> None:
-        self.interval = interval
-        self.increase_mb = float("nan")
-
-    def _poll(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._peak = max(self._peak, _rss_mb())
-
-    def __enter__(self) -> PeakRSS:
-        _release_memory()
-        self._base = self._peak = _rss_mb()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._peak = max(self._peak, _rss_mb())
-        self.increase_mb = max(0.0, self._peak - self._base)
 
 
 def _warm_up(n_genes: int, model_kwargs: dict) -> None:
