@@ -222,3 +222,6 @@ def test_cli_dispatches_mnist(monkeypatch, tmp_path):
     assert calls["quick"] is True and list(calls["held_out_digits"]) == [2, 5]
     assert Path(calls["out_dir"]) == tmp_path
     assert calls["command"].startswith("trvae benchmark mnist")
+    assert calls["model_kwargs"] == {}
+    assert main([*argv, "--beta", "10", "--alpha", "0.5", "--n-hidden", "64"]) == 0
+    assert calls["model_kwargs"] == {"beta": 10.0, "alpha": 0.5, "n_hidden": (64,)}

@@ -518,7 +518,9 @@ def benchmark_command(args, argv: Sequence[str]) -> int:
 
     if list(args.methods) != list(DEFAULT_METHODS):
         raise TRVAEError("--methods does not apply to kang-counts (it runs nb, zinb and mse)")
-    model_kwargs = {k: getattr(args, k) for k in ("n_latent", "n_hidden") if getattr(args, k)}
+    from trvae.cli import _benchmark_model_kwargs
+
+    model_kwargs = _benchmark_model_kwargs(args)
     run_counts_benchmark(
         datasets.kang_counts(),
         condition_key=args.condition_key,

@@ -155,7 +155,7 @@ def _benchmark(args: argparse.Namespace, argv: Sequence[str]) -> int:
         )
     else:
         name, adata = Path(args.dataset).stem, _read_h5ad(args.dataset)
-    model_kwargs = {k: getattr(args, k) for k in ("n_latent", "n_hidden") if getattr(args, k)}
+    model_kwargs = _benchmark_model_kwargs(args)
     run_benchmark(
         adata,
         condition_key=args.condition_key,
@@ -186,6 +186,7 @@ def _benchmark_mnist(args: argparse.Namespace, argv: Sequence[str]) -> int:
         out_dir=args.out or Path("results") / "mnist",
         held_out_digits=args.held_out_digits or (1, 3, 6, 7),
         max_epochs=args.max_epochs,
+        model_kwargs=_benchmark_model_kwargs(args),
         seed=args.seed,
         quick=args.quick,
         progress_bar=not args.quiet,
@@ -193,6 +194,15 @@ def _benchmark_mnist(args: argparse.Namespace, argv: Sequence[str]) -> int:
         n_threads=args.threads,
     )
     return 0
+
+
+def _benchmark_model_kwargs(args: argparse.Namespace) -> dict:
+    """The architecture options of ``trvae benchmark`` that were given (n_hidden as a tuple)."""
+    keys = ("n_latent", "n_hidden", "alpha", "beta")
+    kwargs = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    if "n_hidden" in kwargs:
+        kwargs["n_hidden"] = tuple(kwargs["n_hidden"])
+    return kwargs
 
 
 def _positive(text: str) -> int:
@@ -278,6 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-boot", type=_positive)
     p.add_argument("--n-latent", type=_positive)
     p.add_argument("--n-hidden", type=_positive, nargs="+", metavar="N")
+    p.add_argument(
+        "--alpha", type=float, help="KL weight of the networks (default: each benchmark's)"
+    )
+    p.add_argument("--beta", type=float, help="trVAE's MMD weight (the CVAE keeps 0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--threads", type=_positive, help="torch CPU threads (default: torch's)")
