@@ -110,6 +110,7 @@ def test_run_benchmark_writes_metrics_report_and_figures(tmp_path, capsys):
         "## Latent diagnostics",
         "Number of DE genes per class",
         "`mixing_y`: trVAE beats CVAE on",
+        "50-component PCA of the same cells",
     ):
         assert text in report
     assert report.count("| cell type | " + " | ".join(methods) + " |") >= 7
