@@ -172,10 +172,8 @@ class _BackedMatrix:
 
             node = h5py.File(self.filename, "r")[self.name]
             if self.is_sparse:
-                try:
-                    from anndata.io import sparse_dataset
-                except ImportError:  # anndata < 0.11
-                    from anndata.experimental import sparse_dataset
+                from anndata.io import sparse_dataset
+
                 node = sparse_dataset(node)
             self._matrix = node
         return self._matrix
