@@ -36,7 +36,7 @@ from trvae.metrics import (
     response_genes,
     top_degs,
 )
-from trvae.model import TRVAE
+from trvae.model import DEFAULT_ALPHA, TRVAE
 
 __all__ = ["DEFAULT_METHODS", "PeakRSS", "run_benchmark"]
 
@@ -522,6 +522,8 @@ def _report(
         if k in ("likelihood", "n_latent", "n_hidden", "n_mmd", "alpha", "beta", "dropout")
     }
     arch = {**defaults, **{k: v for k, v in settings.items() if k in defaults}}
+    if arch.get("alpha") is None:
+        arch["alpha"] = DEFAULT_ALPHA[arch.get("likelihood") or "mse"]
     arch_text = ", ".join(f"{k}={v}" for k, v in arch.items())
     other = ", ".join(f"{k}={v}" for k, v in settings.items() if k not in defaults)
 

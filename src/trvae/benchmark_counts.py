@@ -362,6 +362,7 @@ def run_counts_benchmark(
         "max_epochs": max_epochs,
         **{k: v for k, v in train_kw.items() if k not in ("max_epochs", "seed", "progress_bar")},
         **{k: v for k, v in model_kwargs.items() if k != "seed"},
+        "alpha": model_kwargs.get("alpha", "per likelihood (mse 10, nb/zinb 0.1)"),
         "seed": seed,
         "n_boot": n_boot,
         "quick": quick,
