@@ -60,7 +60,7 @@ from trvae.benchmark import (
     _warm_up,
 )
 from trvae.metrics import evaluate_prediction
-from trvae.model import TRVAE
+from trvae.model import DEFAULT_ALPHA, TRVAE
 
 __all__ = [
     "COUNT_LIKELIHOODS",
@@ -362,7 +362,7 @@ def run_counts_benchmark(
         "max_epochs": max_epochs,
         **{k: v for k, v in train_kw.items() if k not in ("max_epochs", "seed", "progress_bar")},
         **{k: v for k, v in model_kwargs.items() if k != "seed"},
-        "alpha": model_kwargs.get("alpha", "per likelihood (mse 10, nb/zinb 0.1)"),
+        "alpha": model_kwargs.get("alpha", f"per likelihood {DEFAULT_ALPHA}"),
         "seed": seed,
         "n_boot": n_boot,
         "quick": quick,
@@ -512,32 +512,16 @@ def _report(
 
 def benchmark_command(args, argv: Sequence[str]) -> int:
     """``trvae benchmark kang-counts``: :func:`run_counts_benchmark` on :func:`kang_counts`."""
-    import shlex
-
     from trvae import datasets
     from trvae.benchmark import DEFAULT_METHODS
+    from trvae.cli import _cell_benchmark_kwargs
 
     if list(args.methods) != list(DEFAULT_METHODS):
         raise TRVAEError("--methods does not apply to kang-counts (it runs nb, zinb and mse)")
-    from trvae.cli import _benchmark_model_kwargs
-
-    model_kwargs = _benchmark_model_kwargs(args)
     run_counts_benchmark(
         datasets.kang_counts(),
-        condition_key=args.condition_key,
-        cell_type_key=args.cell_type_key,
-        control=args.control,
-        stimulated=args.stimulated,
-        cell_types=args.cell_types,
         out_dir=args.out or Path("results") / "kang-counts",
-        max_epochs=args.max_epochs,
-        model_kwargs=model_kwargs,
-        n_boot=args.n_boot,
-        seed=args.seed,
-        progress_bar=not args.quiet,
-        quick=args.quick,
         dataset_name="kang-counts (Kang et al. 2018 raw UMI counts)",
-        command=" ".join(["trvae", *map(shlex.quote, argv)]),
-        n_threads=args.threads,
+        **_cell_benchmark_kwargs(args, argv),
     )
     return 0

@@ -155,25 +155,12 @@ def _benchmark(args: argparse.Namespace, argv: Sequence[str]) -> int:
         )
     else:
         name, adata = Path(args.dataset).stem, _read_h5ad(args.dataset)
-    model_kwargs = _benchmark_model_kwargs(args)
     run_benchmark(
         adata,
-        condition_key=args.condition_key,
-        cell_type_key=args.cell_type_key,
-        control=args.control,
-        stimulated=args.stimulated,
-        cell_types=args.cell_types,
         out_dir=args.out or Path("results") / name,
         methods=tuple(args.methods),
-        max_epochs=args.max_epochs,
-        model_kwargs=model_kwargs,
-        n_boot=args.n_boot,
-        seed=args.seed,
-        progress_bar=not args.quiet,
-        quick=args.quick,
         dataset_name=name,
-        command=" ".join(["trvae", *map(shlex.quote, argv)]),
-        n_threads=args.threads,
+        **_cell_benchmark_kwargs(args, argv),
     )
     return 0
 
@@ -194,6 +181,25 @@ def _benchmark_mnist(args: argparse.Namespace, argv: Sequence[str]) -> int:
         n_threads=args.threads,
     )
     return 0
+
+
+def _cell_benchmark_kwargs(args: argparse.Namespace, argv: Sequence[str]) -> dict:
+    """Arguments shared by the held-out-cell-type benchmarks (``kang`` and ``kang-counts``)."""
+    return {
+        "condition_key": args.condition_key,
+        "cell_type_key": args.cell_type_key,
+        "control": args.control,
+        "stimulated": args.stimulated,
+        "cell_types": args.cell_types,
+        "max_epochs": args.max_epochs,
+        "model_kwargs": _benchmark_model_kwargs(args),
+        "n_boot": args.n_boot,
+        "seed": args.seed,
+        "progress_bar": not args.quiet,
+        "quick": args.quick,
+        "command": " ".join(["trvae", *map(shlex.quote, argv)]),
+        "n_threads": args.threads,
+    }
 
 
 def _benchmark_model_kwargs(args: argparse.Namespace) -> dict:
