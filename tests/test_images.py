@@ -66,6 +66,21 @@ def test_conditions_have_the_expected_thickness_order(digits):
     assert np.mean(thickness["normal"] < thickness["thick"]) > 0.9
 
 
+def test_disk_conditions_are_relative_and_keep_every_digit(digits):
+    """Morpho-MNIST's thinning/thickening: about 0.6x / 1.6x the stroke, no digit erased."""
+    data = make_thickness_conditions(digits, structure="disk", amount=0.5)
+    cond = data.obs["condition"].astype(str).to_numpy()
+    thickness = {c: stroke_thickness(data.X[cond == c]) for c in ("thin", "normal", "thick")}
+    assert np.all(thickness["thin"] > 0)
+    ratio = {c: thickness[c].mean() / thickness["normal"].mean() for c in ("thin", "thick")}
+    assert 0.4 < ratio["thin"] < 0.8 and 1.3 < ratio["thick"] < 2.0, ratio
+    stronger = make_thickness_conditions(digits, structure="disk", amount=1.0)
+    assert stroke_thickness(stronger.X[cond == "thick"]).mean() > thickness["thick"].mean() + 0.5
+    assert data.uns["thickness_conditions"]["amount"] == 0.5
+    with pytest.raises(TRVAEError, match="amount"):
+        make_thickness_conditions(digits, structure="disk", amount=0.0)
+
+
 def test_conditions_layout(digits):
     n = digits.n_obs
     data = make_thickness_conditions(digits)
@@ -90,7 +105,7 @@ def test_conditions_from_an_array():
     assert data.shape == (6, 784)
     assert list(data.obs["digit"].astype(str)) == ["1", "7"] * 3
     with pytest.raises(TRVAEError, match="structure"):
-        make_thickness_conditions(images, structure="disk")
+        make_thickness_conditions(images, structure="hexagon")
 
 
 # --------------------------------------------------------------------------- metrics

@@ -1,4 +1,4 @@
-"""Tests of trvae._mmd: the biased (V-statistic) squared MMD with a multi-scale RBF kernel."""
+"""Tests of trvae._mmd: the biased (V-statistic) and unbiased (U-statistic) squared MMD."""
 
 from __future__ import annotations
 
@@ -201,3 +201,92 @@ def test_independent_of_the_number_of_bandwidths():
         rtol=1e-12,
         atol=1e-14,
     )
+
+
+def _u_statistic_by_hand(xs: np.ndarray, ys: np.ndarray, bandwidths) -> float:
+    """Unbiased estimate from explicit loops: self-pairs left out of the within-sample means."""
+    kxx = np.mean([_kernel_by_hand(a, b, bandwidths) for i, a in enumerate(xs)
+                   for j, b in enumerate(xs) if i != j])  # fmt: skip
+    kyy = np.mean([_kernel_by_hand(a, b, bandwidths) for i, a in enumerate(ys)
+                   for j, b in enumerate(ys) if i != j])  # fmt: skip
+    kxy = np.mean([_kernel_by_hand(a, b, bandwidths) for a in xs for b in ys])
+    return kxx + kyy - 2.0 * kxy
+
+
+def test_unbiased_pair_matrix_equals_brute_force():
+    g = _gen(11)
+    y = torch.randn(15, 3, generator=g, dtype=torch.float64)
+    condition = torch.tensor([0, 1, 2] * 5)
+    y = y + condition[:, None].to(y.dtype) * 0.3
+    pairs, present = mmd_pair_matrix(y, condition, 3, estimator="unbiased")
+    groups = [y[condition == c].numpy() for c in range(3)]
+    for c, d in itertools.combinations(range(3), 2):
+        expected = _u_statistic_by_hand(groups[c], groups[d], DEFAULT_BANDWIDTHS)
+        assert float(pairs[c, d]) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    assert present.all()
+
+
+def test_unbiased_needs_two_points_of_a_condition():
+    y = torch.randn(5, 2, generator=_gen(12))
+    condition = torch.tensor([0, 0, 1, 1, 2])  # condition 2 has one point
+    pairs, present = mmd_pair_matrix(y, condition, 3, estimator="unbiased")
+    assert present.tolist() == [True, True, False]
+    assert torch.all(pairs[2] == 0) and torch.all(pairs[:, 2] == 0)
+    with pytest.raises(ValueError, match="estimator"):
+        mmd_pair_matrix(y, condition, 3, estimator="plugin")
+
+
+def test_biased_estimate_rewards_collapse_and_unbiased_does_not():
+    """Two samples of one distribution: shrinking both lowers the biased MMD, not the unbiased.
+
+    This is why a large MMD weight with the biased estimator pulls every condition's layer
+    towards a single point.
+    """
+    g = _gen(13)
+    draws = [(torch.randn(40, 4, generator=g), torch.randn(40, 4, generator=g)) for _ in range(200)]
+
+    def mean_mmd(scale: float, estimator: str) -> float:
+        return float(np.mean([float(mmd(scale * a, scale * b, estimator=estimator))
+                              for a, b in draws]))  # fmt: skip
+
+    biased = {s: mean_mmd(s, "biased") for s in (1.0, 0.1, 0.01)}
+    unbiased = {s: mean_mmd(s, "unbiased") for s in (1.0, 0.1, 0.01)}
+    assert biased[1.0] > 2 * biased[0.1] > 20 * biased[0.01]
+    assert all(abs(v) < 0.02 * biased[1.0] for v in unbiased.values()), unbiased
+    shifted = float(np.mean([float(mmd(a, b + 1.0, estimator="unbiased")) for a, b in draws]))
+    assert shifted > 10 * abs(unbiased[1.0])
+
+
+@pytest.mark.parametrize("estimator", ["biased", "unbiased"])
+def test_grouped_mmd_is_the_mean_of_each_groups_mmd(estimator):
+    g = _gen(14)
+    n = 60
+    condition = torch.arange(n) % 3
+    group = (torch.arange(n) // 3) % 2
+    y = torch.randn(n, 3, generator=g, dtype=torch.float64) + condition[:, None] * 0.5
+    y = y + group[:, None].to(y.dtype) * 2.0
+    grouped = mmd_all_pairs(y, condition, 3, estimator=estimator, group=group, n_groups=2)
+    per_group = [
+        mmd_all_pairs(y[group == k], condition[group == k], 3, estimator=estimator)
+        for k in range(2)
+    ]
+    torch.testing.assert_close(grouped, sum(per_group) / 2)
+
+
+def test_grouped_mmd_ignores_a_group_seen_in_one_condition_only():
+    """A held-out cell type (only in condition 0) is not pulled towards the other types."""
+    g = _gen(15)
+    y = torch.randn(400, 2, generator=g, dtype=torch.float64)
+    condition = torch.arange(400) % 2
+    group = torch.zeros(400, dtype=torch.long)
+    held = torch.randn(100, 2, generator=g, dtype=torch.float64) + 5.0  # far, condition 0 only
+    y_all = torch.cat([y, held])
+    cond_all = torch.cat([condition, torch.zeros(100, dtype=torch.long)])
+    group_all = torch.cat([group, torch.ones(100, dtype=torch.long)])
+    kw = {"estimator": "unbiased", "n_groups": 2}
+    without = mmd_all_pairs(y, condition, 2, group=group, **kw)
+    with_held = mmd_all_pairs(y_all, cond_all, 2, group=group_all, **kw)
+    torch.testing.assert_close(with_held, without)
+    assert float(mmd_all_pairs(y_all, cond_all, 2, estimator="unbiased")) > 10 * abs(
+        float(without)
+    )  # pooled, the held-out group dominates the penalty

@@ -84,6 +84,38 @@ def test_transfer_to_held_out_cell_type(synthetic_adata):
     assert r2_pred > r2_control + 0.1, (r2_pred, r2_control)
 
 
+def test_grouped_unbiased_all_layers_model_trains_saves_and_loads(small, tmp_path):
+    """The non-default MMD options train, use the groups and survive save/load."""
+    options = {
+        "decoder_conditioning": "all_layers",
+        "mmd_estimator": "unbiased",
+        "mmd_group_key": "cell_type",
+    }
+    model = TRVAE(small, condition_key="condition", **SMALL, **options)
+    assert model.init_params["mmd_groups"] == ["type0", "type1"]
+    assert model.module.n_mmd_groups == 2
+    model.train(max_epochs=3, **QUIET)
+    assert np.isfinite(model.history[LOSS_COLUMNS].to_numpy()).all()
+    model.save(tmp_path / "model")
+    loaded = TRVAE.load(tmp_path / "model")
+    assert {k: loaded.init_params[k] for k in options} == options
+    np.testing.assert_array_equal(
+        loaded.predict(small, "stimulated").X, model.predict(small, "stimulated").X
+    )
+    no_groups = small.copy()
+    del no_groups.obs["cell_type"]
+    assert loaded.predict(no_groups, "stimulated").shape == small.shape  # only training uses them
+
+
+def test_bad_mmd_options(small):
+    with pytest.raises(TRVAEError, match="mmd_group_key 'tissue' is not a column"):
+        TRVAE(small, condition_key="condition", mmd_group_key="tissue")
+    with pytest.raises(TRVAEError, match="mmd_estimator"):
+        TRVAE(small, condition_key="condition", mmd_estimator="plugin")
+    with pytest.raises(TRVAEError, match="decoder_conditioning"):
+        TRVAE(small, condition_key="condition", decoder_conditioning="late")
+
+
 # ------------------------------------------------------------------ persistence
 def test_save_load_predict_identical(trained, small, tmp_path):
     trained.save(tmp_path / "model")

@@ -177,3 +177,28 @@ def test_sample_mse_is_mean_plus_residual_noise():
     assert torch.equal(draws, module.sample(gen))
     module.x_min.fill_(0.0)
     assert float(module.sample(gen).min()) >= 0.0
+
+
+@pytest.mark.parametrize("architecture", ["mlp", "conv"])
+def test_decoder_conditioning(architecture):
+    """``mmd_layer``: the decoder after y ignores s; ``all_layers``: s changes it for a fixed y."""
+    image = {"architecture": "conv", "image_shape": (3, 4)} if architecture == "conv" else {}
+    y = torch.randn(BATCH, N_MMD, generator=torch.Generator().manual_seed(3))
+    a = torch.nn.functional.one_hot(torch.zeros(BATCH, dtype=torch.long), N_CONDITIONS).float()
+    b = torch.nn.functional.one_hot(torch.ones(BATCH, dtype=torch.long), N_CONDITIONS).float()
+    for conditioning in ("mmd_layer", "all_layers"):
+        module = _module("mse", decoder_conditioning=conditioning, **image).eval()
+        out_a, out_b = module.decoder(y, a), module.decoder(y, b)
+        assert out_a.shape == (BATCH, N_INPUT if architecture == "conv" else 16)
+        if conditioning == "mmd_layer":
+            torch.testing.assert_close(out_a, out_b)
+        else:
+            assert (out_a - out_b).abs().max() > 1e-3
+    x, condition, _ = _batch("mse")
+    module = _module("mse", decoder_conditioning="all_layers", mmd_estimator="unbiased", **image)
+    loss = module.loss(x.clamp(0, 1) if image else x, condition)
+    assert torch.isfinite(loss["loss"])
+    with pytest.raises(ValueError, match="decoder_conditioning"):
+        _module("mse", decoder_conditioning="late")
+    with pytest.raises(ValueError, match="mmd_estimator"):
+        _module("mse", mmd_estimator="plugin")

@@ -10,6 +10,8 @@ Encoder: ``[x, onehot(s)]`` -> x reshaped to ``(C, H, W)`` and zero-padded to a 
 Decoder (after the MMD layer): dense layers ``n_hidden[::-1]`` -> dense to ``32 x H/4 x W/4`` ->
 ``ConvTranspose2d(32, 16, 4, stride 2)`` -> ``ConvTranspose2d(16, C, 4, stride 2)`` -> cropped
 to ``(C, H, W)`` and flattened; the module's output is a sigmoid of it (pixels in [0, 1]).
+With ``decoder_conditioning="all_layers"`` the dense layers also take ``onehot(s)`` and every
+transposed convolution takes it as extra constant channels.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trvae.module import _block, _mlp
+from trvae.module import ConditionedMLP, _block, _mlp
 
 #: Channels of the two stride-2 convolutions of the encoder (the decoder mirrors them). 16 and 32
 #: rather than the common 32 and 64: half the cost per image on a CPU (measured 81 vs 169 ms per
@@ -50,12 +52,16 @@ def _padded(size: int) -> int:
 
 
 def _conv_stack(
-    channels: Sequence[int], batch_norm: bool, transpose: bool, last_activation: bool = True
+    channels: Sequence[int],
+    batch_norm: bool,
+    transpose: bool,
+    last_activation: bool = True,
+    n_extra_in: int = 0,
 ) -> nn.Sequential:
     layers: list[nn.Module] = []
     conv = nn.ConvTranspose2d if transpose else nn.Conv2d
     for i, (n_in, n_out) in enumerate(pairwise(channels)):
-        layers.append(conv(n_in, n_out, kernel_size=4, stride=2, padding=1))
+        layers.append(conv(n_in + n_extra_in, n_out, kernel_size=4, stride=2, padding=1))
         if last_activation or i < len(channels) - 2:
             if batch_norm:
                 layers.append(nn.BatchNorm2d(n_out))
@@ -92,29 +98,49 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """Decoder body after the MMD layer: ``y`` -> flattened image logits (before the sigmoid)."""
+    """Decoder body after the MMD layer: ``(y, onehot(s))`` -> flattened image logits.
+
+    ``n_conditions=0`` ignores ``onehot(s)`` (the paper's decoder: the condition is in y only).
+    """
 
     def __init__(
         self,
         image_shape: Sequence[int],
         n_input: int,
         n_mmd: int,
+        n_conditions: int,
         hidden: Sequence[int],
         dropout: float,
         batch_norm: bool,
     ) -> None:
         super().__init__()
         self.shape = image_dims(image_shape, n_input)
+        self.n_conditions = n_conditions
         c, h, w = self.shape
         scale = 2 ** len(CONV_CHANNELS)
         self.grid = (CONV_CHANNELS[-1], _padded(h) // scale, _padded(w) // scale)
-        self.dense = _mlp(n_mmd, list(hidden)[::-1], dropout, batch_norm)
-        n_last = hidden[0] if hidden else n_mmd
+        self.dense = ConditionedMLP(n_mmd, list(hidden)[::-1], n_conditions, dropout, batch_norm)
+        n_last = (hidden[0] if hidden else n_mmd) + n_conditions
         self.project = _block(n_last, self.grid[0] * self.grid[1] * self.grid[2], 0.0, batch_norm)
         channels = (*CONV_CHANNELS[::-1], c)
-        self.deconv = _conv_stack(channels, batch_norm, transpose=True, last_activation=False)
+        self.deconv = _conv_stack(
+            channels, batch_norm, transpose=True, last_activation=False, n_extra_in=n_conditions
+        )
 
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
+    def _with_condition(self, h: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+        if not self.n_conditions:
+            return h
+        if h.dim() == 2:
+            return torch.cat([h, onehot], dim=1)
+        planes = onehot[:, :, None, None].expand(-1, -1, h.shape[2], h.shape[3])
+        return torch.cat([h, planes], dim=1)
+
+    def forward(self, y: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
         _, h, w = self.shape
-        grid = self.project(self.dense(y)).reshape(-1, *self.grid)
-        return self.deconv(grid)[:, :, :h, :w].flatten(1)
+        hidden = self._with_condition(self.dense(y, onehot), onehot)
+        grid = self.project(hidden).reshape(-1, *self.grid)
+        for layer in self.deconv:
+            if isinstance(layer, nn.ConvTranspose2d):
+                grid = self._with_condition(grid, onehot)
+            grid = layer(grid)
+        return grid[:, :, :h, :w].flatten(1)

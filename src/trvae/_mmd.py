@@ -1,8 +1,12 @@
 """Maximum mean discrepancy between the conditions of a mini-batch, vectorised.
 
-The estimator is the biased one (a V-statistic, Gretton et al. 2012): it is never negative, it is
-exactly zero for identical samples and its gradient is smooth, which is what a penalty needs.
-The kernel is a multi-scale RBF,
+Two estimators (Gretton et al. 2012). The biased one (a V-statistic) counts each point's kernel
+with itself, so two samples of one distribution score about ``(1 - mean k(a, a')) / n`` per
+condition, not 0; that excess shrinks only if the points of each condition move together, so as
+a penalty it pulls every condition's layer towards a single point, which erases what the layer
+carries once the MMD weight is large. The unbiased one (a U-statistic) leaves those self-pairs
+out: its expectation is the true MMD, zero for equal distributions, and it can be slightly
+negative in a batch. The kernel is a multi-scale RBF,
 
     k(a, b) = mean over s in ``bandwidths`` of exp(-||a - b||^2 / (2 s)),
 
@@ -19,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 DEFAULT_BANDWIDTHS: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0)
+ESTIMATORS = ("biased", "unbiased")
 
 
 def pairwise_sq_dists(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -41,14 +46,38 @@ def rbf_kernel(
 
 
 def mmd(
-    x: torch.Tensor, y: torch.Tensor, bandwidths: Sequence[float] = DEFAULT_BANDWIDTHS
+    x: torch.Tensor,
+    y: torch.Tensor,
+    bandwidths: Sequence[float] = DEFAULT_BANDWIDTHS,
+    estimator: str = "biased",
 ) -> torch.Tensor:
-    """Biased squared MMD between two samples (rows of ``x`` and of ``y``)."""
+    """Squared MMD between two samples (rows of ``x`` and of ``y``)."""
     both = torch.cat([x, y])
     codes = torch.cat(
         [torch.zeros(len(x), dtype=torch.long), torch.ones(len(y), dtype=torch.long)]
     ).to(both.device)
-    return mmd_all_pairs(both, codes, 2, bandwidths)
+    return mmd_all_pairs(both, codes, 2, bandwidths, estimator)
+
+
+def _pairs_from_sums(
+    sums: torch.Tensor, counts: torch.Tensor, estimator: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Squared MMDs ``(..., c, c)`` and presence ``(..., c)`` from kernel sums and counts."""
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    outer = (counts[..., :, None] * counts[..., None, :]).clamp_min(1.0)
+    mean_kernel = sums / outer
+    if estimator == "unbiased":
+        present = counts > 1
+        within = sums.diagonal(dim1=-2, dim2=-1) - counts
+        diag = within / (counts * (counts - 1.0)).clamp_min(1.0)
+        pairs = diag[..., :, None] + diag[..., None, :] - 2.0 * mean_kernel
+    else:
+        present = counts > 0
+        diag = mean_kernel.diagonal(dim1=-2, dim2=-1)
+        pairs = (diag[..., :, None] + diag[..., None, :] - 2.0 * mean_kernel).clamp_min(0.0)
+    both_present = present[..., :, None] & present[..., None, :]
+    return pairs * both_present, present
 
 
 def mmd_pair_matrix(
@@ -56,12 +85,15 @@ def mmd_pair_matrix(
     condition: torch.Tensor,
     n_conditions: int,
     bandwidths: Sequence[float] = DEFAULT_BANDWIDTHS,
+    estimator: str = "biased",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Squared MMD between every pair of conditions of a batch from one kernel matrix.
 
     With ``M`` the one-hot condition matrix and ``K`` the kernel matrix of the batch,
-    ``G = M^T K M / (n_c n_d)`` holds the mean kernel value between conditions ``c`` and ``d``,
-    and ``MMD^2(c, d) = G_cc + G_dd - 2 G_cd``.
+    ``S = M^T K M`` holds the kernel sums between conditions, ``G_cd = S_cd / (n_c n_d)`` their
+    means and ``MMD^2(c, d) = G_cc + G_dd - 2 G_cd``. The unbiased estimator takes
+    ``G_cc = (S_cc - n_c) / (n_c (n_c - 1))`` instead (``k(a, a) = 1``), and needs two points
+    of a condition to count it as present.
 
     Returns
     -------
@@ -69,14 +101,8 @@ def mmd_pair_matrix(
     which conditions are present in the batch (rows/columns of absent ones are zero).
     """
     onehot = F.one_hot(condition, n_conditions).to(y.dtype)
-    counts = onehot.sum(0)
-    present = counts > 0
-    mean_kernel = onehot.T @ rbf_kernel(y, y, bandwidths) @ onehot
-    mean_kernel = mean_kernel / (counts[:, None] * counts[None, :]).clamp_min(1.0)
-    diag = mean_kernel.diagonal()
-    pairs = (diag[:, None] + diag[None, :] - 2.0 * mean_kernel).clamp_min(0.0)
-    both_present = present[:, None] & present[None, :]
-    return pairs * both_present, present
+    sums = onehot.T @ rbf_kernel(y, y, bandwidths) @ onehot
+    return _pairs_from_sums(sums, onehot.sum(0), estimator)
 
 
 def mmd_all_pairs(
@@ -84,7 +110,26 @@ def mmd_all_pairs(
     condition: torch.Tensor,
     n_conditions: int,
     bandwidths: Sequence[float] = DEFAULT_BANDWIDTHS,
+    estimator: str = "biased",
+    group: torch.Tensor | None = None,
+    n_groups: int = 1,
 ) -> torch.Tensor:
-    """Sum of the squared MMD over **all** unordered pairs of conditions present in the batch."""
-    pairs, _ = mmd_pair_matrix(y, condition, n_conditions, bandwidths)
-    return pairs.triu(1).sum()
+    """Sum of the squared MMD over **all** unordered pairs of conditions present in the batch.
+
+    With ``group`` (codes ``0 .. n_groups - 1``, e.g. cell types) the conditions are compared
+    within each group only: the result is the mean, over the groups present in two or more
+    conditions, of each group's sum over pairs. A group seen in one condition only (a cell type
+    held out of the others) adds nothing, so its y is not pulled towards other groups' y, which
+    the pooled MMD does whenever the conditions hold the groups in different proportions.
+    """
+    if group is None:
+        pairs, _ = mmd_pair_matrix(y, condition, n_conditions, bandwidths, estimator)
+        return pairs.triu(1).sum()
+    joint = F.one_hot(group * n_conditions + condition, n_groups * n_conditions).to(y.dtype)
+    sums = (joint.T @ rbf_kernel(y, y, bandwidths) @ joint).view(
+        n_groups, n_conditions, n_groups, n_conditions
+    )
+    within = sums.diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # (group, condition, condition)
+    pairs, present = _pairs_from_sums(within, joint.sum(0).view(n_groups, n_conditions), estimator)
+    compared = present.sum(1) > 1
+    return pairs.triu(1).sum((1, 2))[compared].sum() / compared.sum().clamp_min(1)

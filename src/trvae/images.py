@@ -16,7 +16,6 @@ These helpers need the ``images`` extra (scikit-image and scikit-learn).
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import anndata as ad
@@ -40,18 +39,45 @@ __all__ = [
 #: The three conditions, thinnest first.
 CONDITIONS = ("thin", "normal", "thick")
 
-#: Structuring elements (footprints) of the erosion/dilation. ``"cross"``, the 3x3 cross (the
-#: pixel and its 4 neighbours), moves every stroke edge by one pixel: on 28x28 MNIST, whose
-#: strokes are about 3 pixels wide, it takes the mean thickness (:func:`stroke_thickness`,
-#: measured on 500 digits) from 2.96 to 1.47 (thin) and 5.64 (thick) pixels, and leaves 2% of the
-#: thin digits with no pixel above 0.5. ``"square"`` (3x3) also moves the edges diagonally:
-#: 1.14 / 6.52 pixels, 15% of the thin digits erased. ``"square2"`` (2x2): 1.72 / 4.56 pixels,
-#: none erased, but it moves one edge only and so shifts the image by half a pixel.
-STRUCTURES: dict[str, np.ndarray] = {
+#: Ways of thinning and thickening. ``"disk"`` (default) is Morpho-MNIST's: the image is upscaled
+#: ``MORPHO_SCALE`` times (bilinear), grey-scale eroded (thin) or dilated (thick) with a disk whose
+#: radius is ``amount`` times half the digit's own stroke thickness (:func:`stroke_thickness`),
+#: and block-averaged back. A relative, sub-pixel amount keeps thin digits whole: with
+#: ``amount=0.5`` the mean thickness of the 5000 digits of :func:`trvae.datasets.mnist` goes from
+#: 2.99 to 1.75 (thin) and 4.74 (thick) pixels, no digit is erased, and the RBF-SVM of
+#: :func:`train_digit_classifier`, fitted to 2500 normal digits, reads the true thin / thick
+#: versions of 1000 other digits 1, 3, 6, 7 at 91.2% / 92.2% (normal 95.0%). The fixed footprints
+#: move every stroke edge by whole pixels: ``"cross"`` (the 3x3 cross) gives 1.46 / 5.64 px and
+#: erases 2% of the thin digits, which the same classifier reads at 71%; ``"square"`` (3x3) gives
+#: 1.14 / 6.52 px and erases 15%; ``"square2"`` (2x2) gives 1.72 / 4.56 px but moves one edge
+#: only, shifting the image by half a pixel.
+STRUCTURES: dict[str, np.ndarray | None] = {
+    "disk": None,
     "cross": ndimage.generate_binary_structure(2, 1),
     "square": np.ones((3, 3), dtype=bool),
     "square2": np.ones((2, 2), dtype=bool),
 }
+#: Upscaling factor and default relative amount of the ``"disk"`` morphology.
+MORPHO_SCALE, MORPHO_AMOUNT = 4, 0.5
+
+
+def _disk(radius: int) -> np.ndarray:
+    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+    return xx**2 + yy**2 <= radius**2
+
+
+def _relative_morphology(images: np.ndarray, amount: float, operation) -> np.ndarray:
+    """Morpho-MNIST's thinning/thickening of ``(n, H, W)`` images (see :data:`STRUCTURES`)."""
+    n, h, w = images.shape
+    s = MORPHO_SCALE
+    radius = np.floor(amount * s * stroke_thickness(images) / 2).astype(int)
+    # grid_mode: pixels are areas, so block-averaging the result lines up with the input
+    hires = ndimage.zoom(images, (1, s, s), order=1, grid_mode=True, mode="grid-constant")
+    out = hires.copy()
+    for r in np.unique(radius[radius > 0]):  # one call per radius, not per image
+        group = radius == r
+        out[group] = operation(hires[group], footprint=_disk(r)[None], mode="constant", cval=0.0)
+    return out.reshape(n, h, s, w, s).mean(axis=(2, 4))
 
 
 def _as_images(x, image_shape: Sequence[int] | None) -> tuple[np.ndarray, tuple[int, int], bool]:
@@ -76,8 +102,9 @@ def make_thickness_conditions(
     adata_or_images,
     digits: Sequence | None = None,
     image_shape: Sequence[int] | None = None,
-    structure: str = "cross",
+    structure: str = "disk",
     digit_key: str = "digit",
+    amount: float = MORPHO_AMOUNT,
 ) -> ad.AnnData:
     """Every digit in three conditions: ``thin`` (eroded), ``normal`` and ``thick`` (dilated).
 
@@ -92,11 +119,14 @@ def make_thickness_conditions(
     image_shape
         ``(H, W)``; default ``uns['image_shape']``, or the square root of the pixel count.
     structure
-        Footprint of :func:`scipy.ndimage.grey_erosion` / :func:`~scipy.ndimage.grey_dilation`,
-        a key of :data:`STRUCTURES` (default ``"cross"``, the 3x3 cross: one pixel off or onto
-        every stroke edge).
+        How :func:`scipy.ndimage.grey_erosion` / :func:`~scipy.ndimage.grey_dilation` are
+        applied, a key of :data:`STRUCTURES`: ``"disk"`` (default, Morpho-MNIST's relative
+        thinning/thickening at 4x resolution) or a fixed footprint (``"cross"``: one pixel off or
+        onto every stroke edge).
     digit_key
         Column of ``obs`` with the labels.
+    amount
+        For ``"disk"``: the disk's radius as a fraction of half the digit's stroke thickness.
 
     Returns
     -------
@@ -124,12 +154,17 @@ def make_thickness_conditions(
         raise TRVAEError(f"{len(labels)} digit labels for {len(images)} images")
     if structure not in STRUCTURES:
         raise TRVAEError(f"structure must be one of {sorted(STRUCTURES)}, got {structure!r}")
-    footprint = STRUCTURES[structure][None]  # no mixing across images
-    blocks = {
-        "normal": images,
-        "thin": ndimage.grey_erosion(images, footprint=footprint, mode="constant", cval=0.0),
-        "thick": ndimage.grey_dilation(images, footprint=footprint, mode="constant", cval=0.0),
-    }
+    if structure == "disk":
+        if not 0 < amount < 2:
+            raise TRVAEError(f"amount must be in (0, 2), got {amount}")
+        # resampling blurs a little; erosion must never add ink, nor dilation remove it
+        thin = np.minimum(_relative_morphology(images, amount, ndimage.grey_erosion), images)
+        thick = np.maximum(_relative_morphology(images, amount, ndimage.grey_dilation), images)
+    else:
+        footprint = STRUCTURES[structure][None]  # no mixing across images
+        thin = ndimage.grey_erosion(images, footprint=footprint, mode="constant", cval=0.0)
+        thick = ndimage.grey_dilation(images, footprint=footprint, mode="constant", cval=0.0)
+    blocks = {"normal": images, "thin": thin, "thick": thick}
     n = len(images)
     obs = {
         "condition": pd.Categorical(np.repeat(list(blocks), n), categories=list(CONDITIONS)),
@@ -143,9 +178,14 @@ def make_thickness_conditions(
     var = pd.DataFrame(index=pd.Index([f"px_{i}" for i in range(x_all.shape[1])]))
     out = ad.AnnData(X=np.clip(x_all, 0.0, 1.0), obs=frame, var=var)
     out.uns["image_shape"] = shape
+    footprint = STRUCTURES[structure]
     out.uns["thickness_conditions"] = {
         "structure": structure,
-        "footprint": STRUCTURES[structure].astype(int).tolist(),
+        **(
+            {"amount": float(amount), "scale": MORPHO_SCALE}
+            if footprint is None
+            else {"footprint": footprint.astype(int).tolist()}
+        ),
         "thin": "scipy.ndimage.grey_erosion",
         "thick": "scipy.ndimage.grey_dilation",
     }
@@ -197,26 +237,19 @@ def stroke_thickness(
     return out
 
 
-def train_digit_classifier(images, digits: Sequence, seed: int = 0, hidden: int = 128):
-    """A small MLP (``sklearn.neural_network.MLPClassifier``) fitted to labelled images, seeded.
+def train_digit_classifier(images, digits: Sequence, seed: int = 0):
+    """An RBF support-vector classifier (``sklearn.svm.SVC``, C=10) fitted to labelled images.
 
-    ``images`` are flattened (n, H*W) or (n, H, W) in [0, 1]; returns the fitted classifier.
+    ``images`` are flattened (n, H*W) or (n, H, W) in [0, 1]; returns the fitted classifier
+    (deterministic; ``seed`` is kept for callers that pass one). Fitted to 2500 normal MNIST
+    digits it reads 95% of other normal digits, against 91% for a one-layer MLP, and it is
+    also the more tolerant of stroke thickness (see :data:`STRUCTURES`).
     """
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.neural_network import MLPClassifier
+    from sklearn.svm import SVC
 
     arr = np.asarray(images, dtype=np.float32)
-    clf = MLPClassifier(
-        hidden_layer_sizes=(hidden,),
-        alpha=1e-3,
-        max_iter=60,
-        early_stopping=True,
-        n_iter_no_change=8,
-        random_state=seed,
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return clf.fit(arr.reshape(len(arr), -1), np.asarray(digits).astype(str))
+    clf = SVC(C=10.0, gamma="scale", random_state=seed)
+    return clf.fit(arr.reshape(len(arr), -1), np.asarray(digits).astype(str))
 
 
 def digit_accuracy(classifier, images, digits: Sequence) -> float:

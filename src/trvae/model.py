@@ -22,7 +22,8 @@ from trvae import _validation as V
 from trvae._data import CellData, stratified_split
 from trvae._errors import ModelLoadError, TRVAEError
 from trvae._mmd import DEFAULT_BANDWIDTHS
-from trvae.module import ARCHITECTURES, LIKELIHOODS, TRVAEModule
+from trvae._mmd import ESTIMATORS as MMD_ESTIMATORS
+from trvae.module import ARCHITECTURES, DECODER_CONDITIONING, LIKELIHOODS, TRVAEModule
 from trvae.training import TrainingPlan
 
 FORMAT_VERSION = 1
@@ -83,6 +84,21 @@ class TRVAE:
     image_shape
         ``(H, W)`` or ``(C, H, W)`` of the images, for ``architecture="conv"``; default
         ``adata.uns["image_shape"]`` (set by :func:`trvae.datasets.mnist`).
+    decoder_conditioning
+        ``"mmd_layer"`` (default, the paper's network): the condition enters the decoder only
+        through the MMD layer y, so the MMD and the transfer pull y in opposite directions.
+        ``"all_layers"``: every decoder layer after y also sees the condition, so the MMD can
+        make y condition-free while the later layers carry the condition's effect.
+    mmd_estimator
+        ``"biased"`` (default; the V-statistic) or ``"unbiased"`` (the U-statistic). The biased
+        estimate of two samples of one distribution is about ``1 / n`` per condition, not 0, and
+        shrinks only as each condition's y collapses towards one point (see :mod:`trvae._mmd`).
+    mmd_group_key
+        Column of ``adata.obs`` with a grouping of the cells (e.g. cell type). When given, the
+        MMD compares the conditions within each group only. The pooled MMD also pulls together
+        groups that the conditions hold in different proportions; above all, a group held out
+        of one condition (the cell type to predict) has its y pulled towards the other groups'.
+        Only training uses the groups; prediction needs no such column.
     """
 
     def __init__(
@@ -102,6 +118,9 @@ class TRVAE:
         seed: int = 0,
         architecture: str = "mlp",
         image_shape: Sequence[int] | None = None,
+        decoder_conditioning: str = "mmd_layer",
+        mmd_estimator: str = "biased",
+        mmd_group_key: str | None = None,
     ) -> None:
         adata = V.check_adata(V.as_anndata(adata))
         setup = (
@@ -114,6 +133,15 @@ class TRVAE:
         if likelihood not in LIKELIHOODS:
             raise TRVAEError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
         image_shape = _check_architecture(adata, architecture, likelihood, image_shape)
+        if decoder_conditioning not in DECODER_CONDITIONING:
+            raise TRVAEError(
+                f"decoder_conditioning must be one of {DECODER_CONDITIONING}, "
+                f"got {decoder_conditioning!r}"
+            )
+        if mmd_estimator not in MMD_ESTIMATORS:
+            raise TRVAEError(
+                f"mmd_estimator must be one of {MMD_ESTIMATORS}, got {mmd_estimator!r}"
+            )
         conditions = V.check_obs_key(adata, condition_key)
         self.conditions_ = V.check_conditions(conditions, condition_key)
         x, rows, _ = V.matrix_rows(adata, layer, None)
@@ -135,14 +163,23 @@ class TRVAE:
             "seed": int(seed),
             "architecture": architecture,
             "image_shape": image_shape,
+            "decoder_conditioning": decoder_conditioning,
+            "mmd_estimator": mmd_estimator,
+            "mmd_group_key": mmd_group_key,
+            "mmd_groups": None,
         }
+        if mmd_group_key is not None:
+            groups = V.check_obs_key(adata, mmd_group_key, "mmd_group_key")
+            self.init_params["mmd_groups"] = sorted(map(str, pd.unique(groups)))
         self.module = self._build_module()
         self.adata = adata
         self.history: pd.DataFrame = pd.DataFrame()
         self.is_trained = False
 
     def _build_module(self) -> TRVAEModule:
-        params = {k: v for k, v in self.init_params.items() if k != "seed"}
+        not_module = ("seed", "mmd_group_key", "mmd_groups")
+        params = {k: v for k, v in self.init_params.items() if k not in not_module}
+        params["n_mmd_groups"] = len(self.init_params.get("mmd_groups") or [])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.init_params["seed"])
             module = TRVAEModule(len(self.var_names), len(self.conditions_), **params)
@@ -250,7 +287,10 @@ class TRVAE:
         data = self._cell_data(self.adata)
         codes = data.conditions.numpy()
         V.check_conditions(pd.Series(codes), self.condition_key, min_cells=2)
-        train_idx, val_idx = stratified_split(codes, validation_fraction, seed)
+        train_data = self._grouped(data)
+        train_idx, val_idx = stratified_split(
+            train_data.conditions.numpy(), validation_fraction, seed
+        )
         plan = TrainingPlan(
             max_epochs=max_epochs,
             batch_size=batch_size,
@@ -278,20 +318,34 @@ class TRVAE:
         }
         if setup.distributed:  # rank 0's best weights come back into self.module, on CPU
             self.history = fit_distributed(
-                plan, self.module, data, train_idx, val_idx, setup, **fit_kwargs
+                plan, self.module, train_data, train_idx, val_idx, setup, **fit_kwargs
             )
         else:
             device = setup.device()
             try:
                 self.module.to(device)
                 self.history = plan.fit(
-                    self.module, data, train_idx, val_idx, device=device, **fit_kwargs
+                    self.module, train_data, train_idx, val_idx, device=device, **fit_kwargs
                 )
             finally:  # prediction, the noise model and save work on CPU tensors
                 self.module.cpu()
         self._fit_noise_model(data, train_idx)
         self.is_trained = True
         return self
+
+    def _grouped(self, data: CellData) -> CellData:
+        """``data`` with joint (group, condition) codes when the MMD is grouped, else itself."""
+        groups = self.init_params.get("mmd_groups")
+        if not groups:
+            return data
+        key = self.init_params["mmd_group_key"]
+        labels = V.check_obs_key(self.adata, key, "mmd_group_key").astype(str)
+        unknown = sorted(set(labels) - set(groups))
+        if unknown:
+            raise TRVAEError(f"adata.obs[{key!r}] has groups unknown to the model: {unknown}")
+        codes = pd.Categorical(labels, categories=groups).codes.astype(np.int64)
+        joint = codes * len(self.conditions_) + data.conditions.numpy()
+        return CellData(data.x, joint, data.gene_order, row_map=data.row_map)
 
     @torch.no_grad()
     def _fit_noise_model(self, data: CellData, idx: np.ndarray, batch_size: int = 1024) -> None:

@@ -1,7 +1,9 @@
 """The trVAE network: encoder q(z | x, s), decoder p(x | z, s) and the loss.
 
 The decoder's first layer ``y = f(z, s)`` (width ``n_mmd``) is the layer on which the MMD penalty
-acts; the layers after it see only ``y``, as in the paper, so that ``y`` carries the condition.
+acts. With ``decoder_conditioning="mmd_layer"`` (the paper's network) the layers after it see only
+``y``, so ``y`` must carry the condition; with ``"all_layers"`` every later layer sees
+``onehot(s)`` as well, so the MMD can make ``y`` condition-free without erasing the transfer.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trvae._mmd import DEFAULT_BANDWIDTHS, mmd_all_pairs
+from trvae._mmd import DEFAULT_BANDWIDTHS, ESTIMATORS, mmd_all_pairs
 
 LIKELIHOODS = ("mse", "nb", "zinb")
 ARCHITECTURES = ("mlp", "conv")
+DECODER_CONDITIONING = ("mmd_layer", "all_layers")
 
 
 def _block(n_in: int, n_out: int, dropout: float, batch_norm: bool) -> nn.Sequential:
@@ -34,6 +37,30 @@ def _mlp(n_in: int, widths: Sequence[int], dropout: float, batch_norm: bool) -> 
         layers.append(_block(n_in, width, dropout, batch_norm))
         n_in = width
     return nn.Sequential(*layers)
+
+
+class ConditionedMLP(nn.Sequential):
+    """Dense blocks whose inputs are ``[h, onehot(s)]`` (``n_conditions > 0``) or ``h`` alone."""
+
+    def __init__(
+        self,
+        n_in: int,
+        widths: Sequence[int],
+        n_conditions: int,
+        dropout: float,
+        batch_norm: bool,
+    ) -> None:
+        blocks = []
+        for width in widths:
+            blocks.append(_block(n_in + n_conditions, width, dropout, batch_norm))
+            n_in = width
+        super().__init__(*blocks)
+        self.n_conditions = n_conditions
+
+    def forward(self, h: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+        for block in self:
+            h = block(torch.cat([h, onehot], dim=1) if self.n_conditions else h)
+        return h
 
 
 def _encoder_body(
@@ -59,18 +86,22 @@ def _decoder_body(
     architecture: str,
     n_input: int,
     n_mmd: int,
+    n_conditions: int,
     hidden: Sequence[int],
     dropout: float,
     batch_norm: bool,
     image_shape: Sequence[int] | None,
 ) -> tuple[nn.Module, int, nn.Module]:
-    """The decoder's layers after the MMD layer, their output width and the output layer."""
+    """The decoder's layers after the MMD layer, their output width and the output layer.
+
+    The body is called as ``body(y, onehot(s))``; ``n_conditions=0`` makes it ignore ``s``.
+    """
     if architecture == "conv":
         from trvae._conv import ConvDecoder
 
-        body = ConvDecoder(image_shape, n_input, n_mmd, hidden, dropout, batch_norm)
+        body = ConvDecoder(image_shape, n_input, n_mmd, n_conditions, hidden, dropout, batch_norm)
         return body, n_input, nn.Sigmoid()
-    body = _mlp(n_mmd, hidden[::-1], dropout, batch_norm)
+    body = ConditionedMLP(n_mmd, hidden[::-1], n_conditions, dropout, batch_norm)
     n_last = hidden[0] if hidden else n_mmd
     return body, n_last, nn.Linear(n_last, n_input)
 
@@ -133,6 +164,17 @@ class TRVAEModule(nn.Module):
         same dense layer on ``[z, onehot(s)]`` in both.
     image_shape
         ``(H, W)`` or ``(C, H, W)`` of the flattened input images, for ``architecture="conv"``.
+    decoder_conditioning
+        ``"mmd_layer"`` (the paper's network): the condition enters the decoder only through the
+        MMD layer y. ``"all_layers"``: every decoder layer after y also sees ``onehot(s)`` (for
+        ``"conv"``, as constant channels of every transposed convolution).
+    mmd_estimator
+        ``"biased"`` (the V-statistic) or ``"unbiased"`` (the U-statistic, which does not pull
+        each condition's y towards a single point; see :mod:`trvae._mmd`).
+    n_mmd_groups
+        With ``n_mmd_groups > 0`` the MMD compares the conditions within each group (e.g. cell
+        type) only, and the codes given to :meth:`loss` are joint codes
+        ``group * n_conditions + condition``; everything else takes plain condition codes.
     """
 
     def __init__(
@@ -150,12 +192,20 @@ class TRVAEModule(nn.Module):
         mmd_bandwidths: Sequence[float] = DEFAULT_BANDWIDTHS,
         architecture: str = "mlp",
         image_shape: Sequence[int] | None = None,
+        decoder_conditioning: str = "mmd_layer",
+        mmd_estimator: str = "biased",
+        n_mmd_groups: int = 0,
     ) -> None:
         super().__init__()
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
         if architecture not in ARCHITECTURES:
             raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
+        if decoder_conditioning not in DECODER_CONDITIONING:
+            raise ValueError(
+                f"decoder_conditioning must be one of {DECODER_CONDITIONING}, "
+                f"got {decoder_conditioning!r}"
+            )
         if architecture == "conv" and (likelihood != "mse" or image_shape is None):
             raise ValueError("architecture='conv' needs likelihood='mse' and an image_shape")
         self.architecture = architecture
@@ -163,6 +213,10 @@ class TRVAEModule(nn.Module):
         self.likelihood = likelihood
         self.alpha, self.beta = float(alpha), float(beta)
         self.mmd_bandwidths = tuple(float(b) for b in mmd_bandwidths)
+        if mmd_estimator not in ESTIMATORS:
+            raise ValueError(f"mmd_estimator must be one of {ESTIMATORS}, got {mmd_estimator!r}")
+        self.mmd_estimator = mmd_estimator
+        self.n_mmd_groups = int(n_mmd_groups)
         hidden = list(n_hidden)
 
         body = (dropout, batch_norm, image_shape)
@@ -170,8 +224,10 @@ class TRVAEModule(nn.Module):
         self.z_mean = nn.Linear(n_enc, n_latent)
         self.z_logvar = nn.Linear(n_enc, n_latent)
         self.mmd_layer = _block(n_latent + n_conditions, n_mmd, 0.0, batch_norm)
+        self.decoder_conditioning = decoder_conditioning
+        n_decoder_conditions = n_conditions if decoder_conditioning == "all_layers" else 0
         self.decoder, n_last, self.output = _decoder_body(
-            architecture, n_input, n_mmd, hidden, *body
+            architecture, n_input, n_mmd, n_decoder_conditions, hidden, *body
         )
         # set from the training data by the model: per-gene residual SD of the MSE head (its noise
         # model when sampling) and the smallest training value (the floor of predictions)
@@ -198,8 +254,9 @@ class TRVAEModule(nn.Module):
         self, z: torch.Tensor, condition: torch.Tensor, library: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
         """p(x | z, s): the MMD layer y and the parameters of the likelihood."""
-        y = self.mmd_layer(torch.cat([z, self._onehot(condition)], dim=1))
-        h = self.decoder(y)
+        onehot = self._onehot(condition)
+        y = self.mmd_layer(torch.cat([z, onehot], dim=1))
+        h = self.decoder(y, onehot)
         out = {"y": y}
         if self.likelihood == "mse":
             out["mean"] = self.output(h)
@@ -232,15 +289,26 @@ class TRVAEModule(nn.Module):
         """Loss terms, each a mean over the cells of the batch, and their weighted sum.
 
         ``loss = reconstruction + alpha * kl + beta * mmd``, where ``mmd`` is summed over all
-        pairs of conditions present in the batch.
+        pairs of conditions present in the batch (within groups, see ``n_mmd_groups``).
         """
+        group = None
+        if self.n_mmd_groups:
+            group, condition = condition // self.n_conditions, condition % self.n_conditions
         inf, gen = self(x, condition, library)
         recon = self.reconstruction_loss(x, gen).mean()
         kl = (
             0.5 * (inf["z_mean"] ** 2 + inf["z_logvar"].exp() - 1.0 - inf["z_logvar"]).sum(1)
         ).mean()
         if self.beta > 0:
-            mmd = mmd_all_pairs(gen["y"], condition, self.n_conditions, self.mmd_bandwidths)
+            mmd = mmd_all_pairs(
+                gen["y"],
+                condition,
+                self.n_conditions,
+                self.mmd_bandwidths,
+                self.mmd_estimator,
+                group,
+                max(self.n_mmd_groups, 1),
+            )
         else:
             mmd = recon.new_zeros(())
         total = recon + self.alpha * kl + self.beta * mmd
