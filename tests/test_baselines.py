@@ -15,11 +15,12 @@ from trvae.baselines import (
     ControlUnchanged,
     LatentArithmetic,
     MeanShift,
-    StrongMMD,
+    PaperTRVAE,
     TRVAEMethod,
     _balance,
     make_method,
 )
+from trvae.model import DEFAULT_BETA
 
 TINY = {"n_hidden": (16,), "n_latent": 4, "n_mmd": 8, "progress_bar": False, "seed": 0}
 
@@ -100,14 +101,22 @@ def test_neural_methods_share_arguments():
     train, ctrl, _ = _split(_toy(n=10))
     trvae = TRVAEMethod(**TINY, max_epochs=1).fit(train)
     cvae = CVAE(**TINY, max_epochs=1, beta=5.0).fit(train)
-    strong = StrongMMD(**TINY, max_epochs=1).fit(train)
-    assert trvae.model.init_params["beta"] == 100.0 and cvae.model.init_params["beta"] == 0.0
-    assert strong.model.init_params["beta"] == 1e4
+    paper = PaperTRVAE(**TINY, max_epochs=1, decoder_conditioning="all_layers").fit(train)
+    assert trvae.model.init_params["beta"] == DEFAULT_BETA[True]  # grouped by cell type
+    assert trvae.model.init_params["decoder_conditioning"] == "all_layers"
+    assert cvae.model.init_params["beta"] == 0.0
     drop = {"beta"}
     assert {k: v for k, v in trvae.model.init_params.items() if k not in drop} == {
         k: v for k, v in cvae.model.init_params.items() if k not in drop
     }
-    for method in (trvae, cvae, strong):
+    # trVAE and the CVAE compare the conditions within cell types; the paper's network does not
+    assert trvae.model.init_params["mmd_group_key"] == "cell_type"
+    assert trvae.model.init_params["mmd_groups"] == sorted(set(train.obs["cell_type"]))
+    paper_params = paper.model.init_params
+    assert paper_params["mmd_group_key"] is None and paper_params["beta"] == 100.0
+    assert paper_params["decoder_conditioning"] == "mmd_layer"
+    assert paper_params["mmd_estimator"] == "biased"
+    for method in (trvae, cvae, paper):
         pred = method.predict(ctrl)
         assert pred.shape == ctrl.shape and pred.dtype == np.float32
         embs = method.embeddings(ctrl)
@@ -133,4 +142,4 @@ def test_errors():
         MeanShift(stimulated="treated").fit(train)
     with pytest.raises(TRVAEError, match="genes differ"):
         ControlUnchanged().fit(train).predict(ctrl[:, :5])
-    assert set(METHODS) == {"trVAE", "CVAE", "trVAE-beta1e4", "scGen", "mean_shift", "control"}
+    assert set(METHODS) == {"trVAE", "CVAE", "trVAE-paper", "scGen", "mean_shift", "control"}

@@ -40,7 +40,7 @@ METRICS = {
 LATENT = {
     "trVAE": {"mixing_z", "celltype_knn_z", "mixing_y", "celltype_knn_y"},
     "CVAE": {"mixing_z", "celltype_knn_z", "mixing_y", "celltype_knn_y"},
-    "trVAE-beta1e4": {"mixing_z", "celltype_knn_z", "mixing_y", "celltype_knn_y"},
+    "trVAE-paper": {"mixing_z", "celltype_knn_z", "mixing_y", "celltype_knn_y"},
     "scGen": {"mixing_z", "celltype_knn_z"},
 }
 
@@ -77,7 +77,7 @@ def test_run_benchmark_writes_metrics_report_and_figures(tmp_path, capsys):
     )
     # trVAE and CVAE also report their decoder-mean read-out, trVAE its likelihood samples
     methods = ["trVAE", "trVAE-decode", "trVAE-sample", "CVAE", "CVAE-decode"]
-    methods += ["trVAE-beta1e4", "trVAE-beta1e4-decode", "scGen"]
+    methods += ["trVAE-paper", "trVAE-paper-decode", "scGen"]
     methods += ["mean_shift", "control"]
     csv = pd.read_csv(out / "metrics.csv")
     assert list(csv.columns) == ["method", "cell_type", "metric", "value"]
