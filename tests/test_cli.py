@@ -49,6 +49,20 @@ def test_train_writes_a_model(files):
     assert (model / "config.json").is_file() and (model / "model.pt").is_file()
 
 
+def test_train_with_the_mmd_grouped_by_cell_type(files, tmp_path, capsys):
+    import json
+
+    data, _ = files
+    out = tmp_path / "grouped"
+    argv = ["train", str(data), "--condition-key", "condition", *TINY, "--out", str(out)]
+    assert main([*argv, "--mmd-group-key", "cell_type", "--mmd-estimator", "unbiased"]) == 0
+    params = json.loads((out / "config.json").read_text())["init_params"]
+    assert params["mmd_group_key"] == "cell_type" and params["mmd_groups"] == ["A", "B", "S"]
+    assert params["decoder_conditioning"] == "all_layers" and params["beta"] == 1000.0
+    assert params["mmd_estimator"] == "unbiased"
+    _error(capsys, [*argv, "--overwrite", "--mmd-group-key", "donor"], "mmd_group_key 'donor'")
+
+
 def test_train_checkpoints_and_resumes(files, tmp_path):
     data, _ = files
     ckpt, out = tmp_path / "ckpt", tmp_path / "m"

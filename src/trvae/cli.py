@@ -68,7 +68,10 @@ def _train(args: argparse.Namespace) -> int:
     adata = _read_h5ad(args.data)
     model_kwargs = {
         k: getattr(args, k)
-        for k in ("layer", "likelihood", "n_latent", "n_hidden", "n_mmd", "alpha", "beta")
+        for k in (
+            *("layer", "likelihood", "n_latent", "n_hidden", "n_mmd", "alpha", "beta"),
+            *("mmd_group_key", "decoder_conditioning", "mmd_estimator"),
+        )
         if getattr(args, k) is not None
     }
     model_kwargs.update(dropout=args.dropout, seed=args.seed)
@@ -242,8 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-hidden", type=_positive, nargs="+", metavar="N")
     p.add_argument("--n-mmd", type=_positive)
     p.add_argument("--dropout", type=float, default=0.2)
-    p.add_argument("--alpha", type=float, help="KL weight (default 10)")
-    p.add_argument("--beta", type=float, help="MMD weight (default 100)")
+    p.add_argument("--alpha", type=float, help="KL weight (default 10 for mse, 0.1 for nb/zinb)")
+    p.add_argument("--beta", type=float, help="MMD weight (default 100, 1000 with groups)")
+    p.add_argument(
+        "--mmd-group-key",
+        help="obs column (e.g. cell_type): the MMD compares the conditions within each group",
+    )
+    p.add_argument("--decoder-conditioning", choices=("mmd_layer", "all_layers"))
+    p.add_argument("--mmd-estimator", choices=("biased", "unbiased"))
     p.add_argument("--out", required=True, metavar="MODEL_DIR")
     p.add_argument("--overwrite", action="store_true", help="replace an existing MODEL_DIR")
     p.add_argument("--checkpoint-dir", help="write the training state here after every epoch")
