@@ -36,7 +36,7 @@ from trvae.metrics import (
     response_genes,
     top_degs,
 )
-from trvae.model import DEFAULT_ALPHA, TRVAE
+from trvae.model import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_DECODER_CONDITIONING, TRVAE
 
 __all__ = ["DEFAULT_METHODS", "PeakRSS", "run_benchmark"]
 
@@ -524,6 +524,9 @@ def _report(
     arch = {**defaults, **{k: v for k, v in settings.items() if k in defaults}}
     if arch.get("alpha") is None:
         arch["alpha"] = DEFAULT_ALPHA[arch.get("likelihood") or "mse"]
+    if arch.get("beta") is None:  # trVAE groups its MMD by cell type (trVAE-paper: 100)
+        arch["beta"] = DEFAULT_BETA[True]
+    arch.setdefault("decoder_conditioning", DEFAULT_DECODER_CONDITIONING[True])
     arch_text = ", ".join(f"{k}={v}" for k, v in arch.items())
     other = ", ".join(f"{k}={v}" for k, v in settings.items() if k not in defaults)
 
