@@ -169,3 +169,11 @@ def test_peak_rss_sees_an_allocation():
         block = np.ones((64, 1024, 1024 // 8))  # 64 MB, touched
         del block
     assert big.increase_mb > 40 and small.increase_mb < big.increase_mb
+
+
+def test_warm_up_accepts_every_model_argument():
+    """The throwaway warm-up network takes the TRVAE arguments a benchmark may be given."""
+    from trvae.benchmark import _warm_up
+
+    kwargs = {"n_hidden": (8,), "mmd_group_key": "cell_type", "alpha": None, "beta": None}
+    _warm_up(6, {**kwargs, "decoder_conditioning": "all_layers", "seed": 0, "layer": None})

@@ -85,7 +85,8 @@ def _warm_up(n_genes: int, model_kwargs: dict) -> None:
     """Train a throwaway network for one step, so torch's one-time set-up is not timed."""
     from trvae.module import TRVAEModule
 
-    kw = {k: v for k, v in model_kwargs.items() if k not in ("layer", "seed")}
+    model_only = ("layer", "seed", "mmd_group_key")  # None: the module's own default
+    kw = {k: v for k, v in model_kwargs.items() if k not in model_only and v is not None}
     with torch.random.fork_rng(devices=[]):
         module = TRVAEModule(n_genes, 2, **kw).train()
         x = torch.rand(32, n_genes).round()
