@@ -102,7 +102,7 @@ def test_neural_methods_share_arguments():
     trvae = TRVAEMethod(**TINY, max_epochs=1).fit(train)
     cvae = CVAE(**TINY, max_epochs=1, beta=5.0).fit(train)
     paper = PaperTRVAE(**TINY, max_epochs=1, decoder_conditioning="all_layers").fit(train)
-    assert trvae.model.init_params["beta"] == DEFAULT_BETA[True]  # grouped by cell type
+    assert trvae.model.init_params["beta"] == DEFAULT_BETA["mse", True]  # grouped by cell type
     assert trvae.model.init_params["decoder_conditioning"] == "all_layers"
     assert cvae.model.init_params["beta"] == 0.0
     drop = {"beta"}

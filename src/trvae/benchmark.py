@@ -526,7 +526,7 @@ def _report(
     if arch.get("alpha") is None:
         arch["alpha"] = DEFAULT_ALPHA[arch.get("likelihood") or "mse"]
     if arch.get("beta") is None:  # trVAE groups its MMD by cell type (trVAE-paper: 100)
-        arch["beta"] = DEFAULT_BETA[True]
+        arch["beta"] = DEFAULT_BETA[arch.get("likelihood") or "mse", True]
     arch.setdefault("decoder_conditioning", DEFAULT_DECODER_CONDITIONING[True])
     arch_text = ", ".join(f"{k}={v}" for k, v in arch.items())
     other = ", ".join(f"{k}={v}" for k, v in settings.items() if k not in defaults)

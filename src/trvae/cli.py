@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-mmd", type=_positive)
     p.add_argument("--dropout", type=float, default=0.2)
     p.add_argument("--alpha", type=float, help="KL weight (default 10 for mse, 0.1 for nb/zinb)")
-    p.add_argument("--beta", type=float, help="MMD weight (default 100, 1000 with groups)")
+    p.add_argument("--beta", type=float, help="MMD weight (default 100; 1000 for mse with groups)")
     p.add_argument(
         "--mmd-group-key",
         help="obs column (e.g. cell_type): the MMD compares the conditions within each group",
