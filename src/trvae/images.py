@@ -154,16 +154,19 @@ def make_thickness_conditions(
         raise TRVAEError(f"{len(labels)} digit labels for {len(images)} images")
     if structure not in STRUCTURES:
         raise TRVAEError(f"structure must be one of {sorted(STRUCTURES)}, got {structure!r}")
-    if structure == "disk":
+    footprint = STRUCTURES[structure]
+    if footprint is None:  # "disk": relative to each digit's stroke
         if not 0 < amount < 2:
             raise TRVAEError(f"amount must be in (0, 2), got {amount}")
         # resampling blurs a little; erosion must never add ink, nor dilation remove it
         thin = np.minimum(_relative_morphology(images, amount, ndimage.grey_erosion), images)
         thick = np.maximum(_relative_morphology(images, amount, ndimage.grey_dilation), images)
+        how = {"amount": float(amount), "scale": MORPHO_SCALE}
     else:
-        footprint = STRUCTURES[structure][None]  # no mixing across images
-        thin = ndimage.grey_erosion(images, footprint=footprint, mode="constant", cval=0.0)
-        thick = ndimage.grey_dilation(images, footprint=footprint, mode="constant", cval=0.0)
+        per_image = footprint[None]  # no mixing across images
+        thin = ndimage.grey_erosion(images, footprint=per_image, mode="constant", cval=0.0)
+        thick = ndimage.grey_dilation(images, footprint=per_image, mode="constant", cval=0.0)
+        how = {"footprint": footprint.astype(int).tolist()}
     blocks = {"normal": images, "thin": thin, "thick": thick}
     n = len(images)
     obs = {
@@ -178,14 +181,9 @@ def make_thickness_conditions(
     var = pd.DataFrame(index=pd.Index([f"px_{i}" for i in range(x_all.shape[1])]))
     out = ad.AnnData(X=np.clip(x_all, 0.0, 1.0), obs=frame, var=var)
     out.uns["image_shape"] = shape
-    footprint = STRUCTURES[structure]
     out.uns["thickness_conditions"] = {
         "structure": structure,
-        **(
-            {"amount": float(amount), "scale": MORPHO_SCALE}
-            if footprint is None
-            else {"footprint": footprint.astype(int).tolist()}
-        ),
+        **how,
         "thin": "scipy.ndimage.grey_erosion",
         "thick": "scipy.ndimage.grey_dilation",
     }
