@@ -55,11 +55,13 @@ def test_train_with_the_mmd_grouped_by_cell_type(files, tmp_path, capsys):
     data, _ = files
     out = tmp_path / "grouped"
     argv = ["train", str(data), "--condition-key", "condition", *TINY, "--out", str(out)]
-    assert main([*argv, "--mmd-group-key", "cell_type", "--mmd-estimator", "unbiased"]) == 0
+    grouping = ["--mmd-group-key", "cell_type", "--mmd-grouping", "shared", "--mmd-on", "z"]
+    assert main([*argv, *grouping, "--mmd-estimator", "unbiased"]) == 0
     params = json.loads((out / "config.json").read_text())["init_params"]
     assert params["mmd_group_key"] == "cell_type" and params["mmd_groups"] == ["A", "B", "S"]
     assert params["decoder_conditioning"] == "all_layers" and params["beta"] == 1000.0
     assert params["mmd_estimator"] == "unbiased"
+    assert params["mmd_grouping"] == "shared" and params["mmd_on"] == "z"
     _error(capsys, [*argv, "--overwrite", "--mmd-group-key", "donor"], "mmd_group_key 'donor'")
 
 

@@ -211,9 +211,9 @@ def test_mnist_benchmark_quick_writes_report_grid_and_csv(digits, tmp_path):
         model_kwargs={k: v for k, v in TINY_CONV.items() if k != "beta"},
         progress_bar=False,
     )
-    assert {"trVAE", "CVAE", "trVAE residual", "CVAE residual", "source", "truth"} == set(
-        df["method"]
-    )
+    neural = ["trVAE", "trVAE (MMD on y)", "CVAE"]
+    expected = {*neural, *(f"{m} residual" for m in neural), "source", "truth"}
+    assert set(df["method"]) == expected
     assert set(df["target"]) == {"thin", "thick"}
     assert set(df["digit"]) == {"all", "1", "3", "6", "7"}
     truth = df[(df.method == "truth") & (df.digit == "all")].set_index(["target", "metric"])
@@ -223,6 +223,13 @@ def test_mnist_benchmark_quick_writes_report_grid_and_csv(digits, tmp_path):
     assert list(csv.columns) == ["method", "target", "digit", "metric", "value"]
     report = (tmp_path / "report.md").read_text()
     assert "## normal → thin" in report and "| trVAE |" in report and "grid.png" in report
+    pooled = df[df.digit == "all"].set_index(["method", "target", "metric"])["value"]
+    met = all(
+        pooled["trVAE", t, "thickness_error"] < pooled["CVAE", t, "thickness_error"]
+        and pooled["trVAE", t, "accuracy"] >= 0.9
+        for t in ("thin", "thick")
+    )
+    assert f"on both targets: **{'met' if met else 'not met'}**" in report
     assert (tmp_path / "grid.png").read_bytes()[:8] == PNG_MAGIC
 
 

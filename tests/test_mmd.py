@@ -290,3 +290,41 @@ def test_grouped_mmd_ignores_a_group_seen_in_one_condition_only():
     assert float(mmd_all_pairs(y_all, cond_all, 2, estimator="unbiased")) > 10 * abs(
         float(without)
     )  # pooled, the held-out group dominates the penalty
+
+
+@pytest.mark.parametrize("estimator", ["biased", "unbiased"])
+def test_shared_grouping_is_the_pooled_mmd_over_the_groups_both_conditions_hold(estimator):
+    g = _gen(16)
+    n = 240
+    condition = torch.arange(n) % 3
+    group = torch.randint(0, 4, (n,), generator=g)
+    group[(condition == 1) & (group == 2)] = 3  # group 2 is not in condition 1
+    group[(condition == 2) & (group == 0)] = 1  # group 0 is not in condition 2
+    y = torch.randn(n, 3, generator=g, dtype=torch.float64) + group[:, None] * 0.7
+    y = y + condition[:, None].to(y.dtype) * 0.3
+    shared = mmd_all_pairs(y, condition, 3, estimator=estimator, group=group, n_groups=4,
+                           grouping="shared")  # fmt: skip
+    expected = 0.0
+    for a, b in ((0, 1), (0, 2), (1, 2)):
+        both = [k for k in range(4) if ((condition == a) & (group == k)).any()
+                and ((condition == b) & (group == k)).any()]  # fmt: skip
+        kept = torch.isin(group, torch.tensor(both))
+        expected += mmd(y[(condition == a) & kept], y[(condition == b) & kept], estimator=estimator)
+    torch.testing.assert_close(shared, expected)
+    pooled = mmd_all_pairs(y, condition, 3, estimator=estimator)
+    assert abs(float(shared) - float(pooled)) > 0.01  # the excluded groups did count pooled
+
+
+def test_shared_grouping_ignores_a_group_seen_in_one_condition_only():
+    """Like ``"within"``: a held-out group far from the rest adds nothing."""
+    g = _gen(17)
+    y = torch.randn(400, 2, generator=g, dtype=torch.float64)
+    condition = torch.arange(400) % 2
+    held = torch.randn(100, 2, generator=g, dtype=torch.float64) + 5.0  # condition 0 only
+    y_all = torch.cat([y, held])
+    cond_all = torch.cat([condition, torch.zeros(100, dtype=torch.long)])
+    group_all = torch.cat([torch.zeros(400, dtype=torch.long), torch.ones(100, dtype=torch.long)])
+    shared = mmd_all_pairs(y_all, cond_all, 2, group=group_all, n_groups=2, grouping="shared")
+    torch.testing.assert_close(shared, mmd_all_pairs(y, condition, 2))
+    with pytest.raises(ValueError, match="grouping must be one of"):
+        mmd_all_pairs(y, condition, 2, group=condition, n_groups=2, grouping="across")

@@ -87,12 +87,17 @@ def test_transfer_to_held_out_cell_type(synthetic_adata):
     assert r2_pred > r2_control + 0.1, (r2_pred, r2_control)
 
 
-def test_grouped_unbiased_all_layers_model_trains_saves_and_loads(small, tmp_path):
+@pytest.mark.parametrize(("mmd_on", "mmd_grouping"), [("y", "within"), ("z", "shared")])
+def test_grouped_unbiased_all_layers_model_trains_saves_and_loads(
+    small, tmp_path, mmd_on, mmd_grouping
+):
     """The non-default MMD options train, use the groups and survive save/load."""
     options = {
         "decoder_conditioning": "all_layers",
         "mmd_estimator": "unbiased",
         "mmd_group_key": "cell_type",
+        "mmd_on": mmd_on,
+        "mmd_grouping": mmd_grouping,
     }
     model = TRVAE(small, condition_key="condition", **SMALL, **options)
     assert model.init_params["mmd_groups"] == ["type0", "type1"]
@@ -117,6 +122,10 @@ def test_bad_mmd_options(small):
         TRVAE(small, condition_key="condition", mmd_estimator="plugin")
     with pytest.raises(TRVAEError, match="decoder_conditioning"):
         TRVAE(small, condition_key="condition", decoder_conditioning="late")
+    with pytest.raises(TRVAEError, match=r"mmd_on must be one of \('y', 'z'\), got 'x'"):
+        TRVAE(small, condition_key="condition", mmd_on="x")
+    with pytest.raises(TRVAEError, match="mmd_grouping"):
+        TRVAE(small, condition_key="condition", mmd_grouping="across")
 
 
 # ------------------------------------------------------------------ persistence

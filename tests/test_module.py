@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from trvae._mmd import mmd_all_pairs
 from trvae.module import TRVAEModule, nb_log_likelihood, zinb_log_likelihood
 
 N_INPUT, N_CONDITIONS, N_LATENT, N_MMD, BATCH = 12, 3, 4, 8, 10
@@ -88,6 +89,26 @@ def test_beta_zero_skips_the_mmd():
     terms = module.loss(x, condition, library)
     assert terms["mmd"].item() == 0.0
     torch.testing.assert_close(terms["loss"], terms["reconstruction"] + module.alpha * terms["kl"])
+
+
+@pytest.mark.parametrize("mmd_on", ["y", "z"])
+def test_mmd_acts_on_the_chosen_layer(mmd_on):
+    """``mmd_on`` picks the penalised code; with z, the MMD's gradient stops at the encoder."""
+    module = _module("mse", beta=1.0, mmd_on=mmd_on)
+    x, condition, _ = _batch("mse")
+    torch.manual_seed(0)
+    terms = module.loss(x, condition)
+    torch.manual_seed(0)
+    inf, gen = module(x, condition)
+    code = gen["y"] if mmd_on == "y" else inf["z"]
+    expected = mmd_all_pairs(code, condition, module.n_conditions, module.mmd_bandwidths)
+    torch.testing.assert_close(terms["mmd"], expected)
+    terms["mmd"].backward()
+    decoder_grads = [p.grad for p in module.mmd_layer.parameters()]
+    assert all(g is None for g in decoder_grads) == (mmd_on == "z")
+    assert module.z_mean.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="mmd_on must be one of"):
+        _module("mse", mmd_on="x")
 
 
 def test_nb_log_likelihood_matches_torch_distribution():

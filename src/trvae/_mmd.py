@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 DEFAULT_BANDWIDTHS: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0)
 ESTIMATORS = ("biased", "unbiased")
+GROUPINGS = ("within", "shared")
 
 
 def pairwise_sq_dists(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -114,15 +115,23 @@ def mmd_all_pairs(
     estimator: str = "biased",
     group: torch.Tensor | None = None,
     n_groups: int = 1,
+    grouping: str = "within",
 ) -> torch.Tensor:
     """Sum of the squared MMD over **all** unordered pairs of conditions present in the batch.
 
-    With ``group`` (codes ``0 .. n_groups - 1``, e.g. cell types) the conditions are compared
-    within each group only: the result is the mean, over the groups present in two or more
-    conditions, of each group's sum over pairs. A group seen in one condition only (a cell type
-    held out of the others) adds nothing, so its y is not pulled towards other groups' y, which
-    the pooled MMD does whenever the conditions hold the groups in different proportions.
+    ``group`` (codes ``0 .. n_groups - 1``, e.g. cell types) keeps a group seen in one condition
+    only (a cell type held out of the others) from being pulled towards other groups, which the
+    pooled MMD does whenever the conditions hold the groups in different proportions:
+
+    - ``grouping="within"``: the conditions are compared within each group only; the result is
+      the mean, over the groups present in two or more conditions, of each group's sum over
+      pairs. Each group's estimate rests on its own few cells of the batch.
+    - ``grouping="shared"``: each pair of conditions is compared on the cells of the groups that
+      both hold in the batch, pooled. One estimate per pair from many cells; groups are not
+      compared with themselves only, so it also aligns the groups with one another.
     """
+    if grouping not in GROUPINGS:
+        raise ValueError(f"grouping must be one of {GROUPINGS}, got {grouping!r}")
     if group is None:
         pairs, _ = mmd_pair_matrix(y, condition, n_conditions, bandwidths, estimator)
         return pairs.triu(1).sum()
@@ -130,7 +139,30 @@ def mmd_all_pairs(
     sums = (joint.T @ rbf_kernel(y, y, bandwidths) @ joint).view(
         n_groups, n_conditions, n_groups, n_conditions
     )
+    counts = joint.sum(0).view(n_groups, n_conditions)
+    if grouping == "shared":
+        return _shared_group_pairs(sums, counts, estimator).triu(1).sum()
     within = sums.diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # (group, condition, condition)
-    pairs, present = _pairs_from_sums(within, joint.sum(0).view(n_groups, n_conditions), estimator)
+    pairs, present = _pairs_from_sums(within, counts, estimator)
     compared = present.sum(1) > 1
     return pairs.triu(1).sum((1, 2))[compared].sum() / compared.sum().clamp_min(1)
+
+
+def _shared_group_pairs(sums: torch.Tensor, counts: torch.Tensor, estimator: str) -> torch.Tensor:
+    """``(c, c)`` squared MMDs, each pair of conditions on the groups both of them hold.
+
+    ``sums[g, a, h, b]`` is the kernel sum between the cells of (group g, condition a) and of
+    (group h, condition b), ``counts[g, a]`` the number of cells. Pair (a, b) keeps the groups
+    with ``counts[:, a] > 0`` and ``counts[:, b] > 0`` (mask ``m``): its kernel sums are
+    ``m^T sums[:, a, :, b] m`` and so on, a 2 x 2 problem per pair for :func:`_pairs_from_sums`.
+    """
+    held = (counts > 0).to(sums.dtype)  # (group, condition)
+    mask = held.T[:, None, :] * held.T[None, :, :]  # (a, b, group)
+    by_condition = sums.permute(1, 3, 0, 2)  # (a, b, g, h)
+    diagonal = by_condition.diagonal(dim1=0, dim2=1).permute(2, 0, 1)  # (a, g, h)
+    k_ab = torch.einsum("abg,abh,abgh->ab", mask, mask, by_condition)
+    k_aa = torch.einsum("abg,abh,agh->ab", mask, mask, diagonal)
+    n_a = torch.einsum("abg,ga->ab", mask, counts)  # cells of a in the groups shared with b
+    pair_sums = torch.stack([torch.stack([k_aa, k_ab], -1), torch.stack([k_ab, k_aa.T], -1)], -2)
+    pairs, _ = _pairs_from_sums(pair_sums, torch.stack([n_a, n_a.T], -1), estimator)
+    return pairs[..., 0, 1]

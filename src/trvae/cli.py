@@ -70,7 +70,7 @@ def _train(args: argparse.Namespace) -> int:
         k: getattr(args, k)
         for k in (
             *("layer", "likelihood", "n_latent", "n_hidden", "n_mmd", "alpha", "beta"),
-            *("mmd_group_key", "decoder_conditioning", "mmd_estimator"),
+            *("mmd_group_key", "decoder_conditioning", "mmd_estimator", "mmd_on", "mmd_grouping"),
         )
         if getattr(args, k) is not None
     }
@@ -253,6 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--decoder-conditioning", choices=("mmd_layer", "all_layers"))
     p.add_argument("--mmd-estimator", choices=("biased", "unbiased"))
+    p.add_argument("--mmd-on", choices=("y", "z"), help="layer the MMD acts on (default y)")
+    p.add_argument(
+        "--mmd-grouping",
+        choices=("within", "shared"),
+        help="with --mmd-group-key: compare within each group (default) or pooled over shared ones",
+    )
     p.add_argument("--out", required=True, metavar="MODEL_DIR")
     p.add_argument("--overwrite", action="store_true", help="replace an existing MODEL_DIR")
     p.add_argument("--checkpoint-dir", help="write the training state here after every epoch")

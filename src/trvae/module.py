@@ -1,9 +1,10 @@
 """The trVAE network: encoder q(z | x, s), decoder p(x | z, s) and the loss.
 
 The decoder's first layer ``y = f(z, s)`` (width ``n_mmd``) is the layer on which the MMD penalty
-acts. With ``decoder_conditioning="mmd_layer"`` (the paper's network) the layers after it see only
-``y``, so ``y`` must carry the condition; with ``"all_layers"`` every later layer sees
-``onehot(s)`` as well, so the MMD can make ``y`` condition-free without erasing the transfer.
+acts (``mmd_on="y"``, the paper's; ``mmd_on="z"`` puts it on the latent code instead). With
+``decoder_conditioning="mmd_layer"`` (the paper's network) the layers after y see only ``y``, so
+``y`` must carry the condition; with ``"all_layers"`` every later layer sees ``onehot(s)`` as
+well, so the MMD can make ``y`` condition-free without erasing the transfer.
 """
 
 from __future__ import annotations
@@ -14,11 +15,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trvae._mmd import DEFAULT_BANDWIDTHS, ESTIMATORS, mmd_all_pairs
+from trvae._mmd import DEFAULT_BANDWIDTHS, ESTIMATORS, GROUPINGS, mmd_all_pairs
 
 LIKELIHOODS = ("mse", "nb", "zinb")
 ARCHITECTURES = ("mlp", "conv")
 DECODER_CONDITIONING = ("mmd_layer", "all_layers")
+MMD_ON = ("y", "z")
+
+
+def check_option(
+    name: str, value: object, options: Sequence[str], error: type[ValueError] = ValueError
+) -> None:
+    """Raise ``error`` naming ``name`` unless ``value`` is one of ``options``."""
+    if value not in options:
+        raise error(f"{name} must be one of {tuple(options)}, got {value!r}")
 
 
 def _block(n_in: int, n_out: int, dropout: float, batch_norm: bool) -> nn.Sequential:
@@ -172,9 +182,16 @@ class TRVAEModule(nn.Module):
         ``"biased"`` (the V-statistic) or ``"unbiased"`` (the U-statistic, which does not pull
         each condition's y towards a single point; see :mod:`trvae._mmd`).
     n_mmd_groups
-        With ``n_mmd_groups > 0`` the MMD compares the conditions within each group (e.g. cell
-        type) only, and the codes given to :meth:`loss` are joint codes
+        With ``n_mmd_groups > 0`` the MMD compares the conditions group by group (e.g. cell
+        type; see ``mmd_grouping``), and the codes given to :meth:`loss` are joint codes
         ``group * n_conditions + condition``; everything else takes plain condition codes.
+    mmd_on
+        ``"y"`` (the paper's): the MMD acts on the decoder's first layer. ``"z"``: on the
+        latent sample z, so that the encoder, not the decoder's first layer, removes the
+        condition from the code (the MMD layer y is then an ordinary decoder layer).
+    mmd_grouping
+        How groups are compared (:func:`trvae._mmd.mmd_all_pairs`): ``"within"`` each group, or
+        ``"shared"``: each pair of conditions pooled over the groups both hold.
     """
 
     def __init__(
@@ -195,17 +212,16 @@ class TRVAEModule(nn.Module):
         decoder_conditioning: str = "mmd_layer",
         mmd_estimator: str = "biased",
         n_mmd_groups: int = 0,
+        mmd_on: str = "y",
+        mmd_grouping: str = "within",
     ) -> None:
         super().__init__()
-        if likelihood not in LIKELIHOODS:
-            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
-        if architecture not in ARCHITECTURES:
-            raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
-        if decoder_conditioning not in DECODER_CONDITIONING:
-            raise ValueError(
-                f"decoder_conditioning must be one of {DECODER_CONDITIONING}, "
-                f"got {decoder_conditioning!r}"
-            )
+        check_option("likelihood", likelihood, LIKELIHOODS)
+        check_option("architecture", architecture, ARCHITECTURES)
+        check_option("decoder_conditioning", decoder_conditioning, DECODER_CONDITIONING)
+        check_option("mmd_estimator", mmd_estimator, ESTIMATORS)
+        check_option("mmd_on", mmd_on, MMD_ON)
+        check_option("mmd_grouping", mmd_grouping, GROUPINGS)
         if architecture == "conv" and (likelihood != "mse" or image_shape is None):
             raise ValueError("architecture='conv' needs likelihood='mse' and an image_shape")
         self.architecture = architecture
@@ -213,9 +229,7 @@ class TRVAEModule(nn.Module):
         self.likelihood = likelihood
         self.alpha, self.beta = float(alpha), float(beta)
         self.mmd_bandwidths = tuple(float(b) for b in mmd_bandwidths)
-        if mmd_estimator not in ESTIMATORS:
-            raise ValueError(f"mmd_estimator must be one of {ESTIMATORS}, got {mmd_estimator!r}")
-        self.mmd_estimator = mmd_estimator
+        self.mmd_estimator, self.mmd_on, self.mmd_grouping = mmd_estimator, mmd_on, mmd_grouping
         self.n_mmd_groups = int(n_mmd_groups)
         hidden = list(n_hidden)
 
@@ -288,8 +302,9 @@ class TRVAEModule(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Loss terms, each a mean over the cells of the batch, and their weighted sum.
 
-        ``loss = reconstruction + alpha * kl + beta * mmd``, where ``mmd`` is summed over all
-        pairs of conditions present in the batch (within groups, see ``n_mmd_groups``).
+        ``loss = reconstruction + alpha * kl + beta * mmd``, where ``mmd`` (of y, or of z with
+        ``mmd_on="z"``) is summed over all pairs of conditions present in the batch (by group,
+        see ``n_mmd_groups``).
         """
         group = None
         if self.n_mmd_groups:
@@ -301,13 +316,14 @@ class TRVAEModule(nn.Module):
         ).mean()
         if self.beta > 0:
             mmd = mmd_all_pairs(
-                gen["y"],
+                gen["y"] if self.mmd_on == "y" else inf["z"],
                 condition,
                 self.n_conditions,
                 self.mmd_bandwidths,
                 self.mmd_estimator,
                 group,
                 max(self.n_mmd_groups, 1),
+                self.mmd_grouping,
             )
         else:
             mmd = recon.new_zeros(())
