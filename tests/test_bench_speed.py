@@ -26,6 +26,18 @@ def test_quick_speed_table(capsys):
         assert values[0] > 0 and values[-1] > 0 and min(values) >= 0  # cells/s
 
 
+def test_speed_on_a_chosen_device_with_more_cells_predicted(capsys):
+    argv = ["bench", "speed", *TINY, "--genes", "30", "--formats", "csr", "--gemm-size", "64"]
+    argv += ["--steps", "3", "--steps-per-epoch", "3", "--warmup-steps", "0"]
+    argv += ["--accelerator", "cpu", "--predict-cells", "100", "--predict-batch-size", "16"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "fp32 GEMM (torch.mm 64x64, cpu, " in out
+    assert "100 cells predicted in batches of 16" in out
+    assert main([*argv, "--accelerator", "tpu"]) == 2
+    assert "accelerator must be one of" in capsys.readouterr().err
+
+
 def test_linear_flops_counts_every_linear_layer():
     net = nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Sequential(nn.Linear(20, 3)))
     assert linear_flops(net, 4) == 2 * 4 * (10 * 20 + 20 * 3)

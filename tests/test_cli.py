@@ -109,6 +109,18 @@ def test_predict_selection(files, tmp_path, capsys):
     assert ad.read_h5ad(out).n_obs == 65
 
 
+def test_predict_on_a_chosen_accelerator(files, tmp_path, capsys):
+    from trvae import TRVAE
+
+    data, model = files
+    out = tmp_path / "p.h5ad"
+    argv = ["predict", model, data, "--target-condition", "stimulated", "--out", out]
+    assert main([str(a) for a in [*argv, "--accelerator", "cpu"]]) == 0
+    expected = TRVAE.load(model).predict(ad.read_h5ad(data), "stimulated", accelerator="cpu")
+    np.testing.assert_array_equal(ad.read_h5ad(out).X, expected.X)
+    _error(capsys, [*argv, "--accelerator", "tpu"], "accelerator must be one of")
+
+
 def test_benchmark_command(files, tmp_path, capsys):
     data, _ = files
     out = tmp_path / "bench"

@@ -231,6 +231,23 @@ def test_cuda_training_is_seeded_and_transfers_like_the_cpu_run(adata, single):
     assert _rel(means, reference) < 0.25
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_inference_matches_the_cpu(single, adata, tmp_path):
+    """Prediction, latent and MMD layer on the GPU equal the CPU's; the model stays on the CPU."""
+    for mode in ("decode", "residual"):
+        cpu = single.predict(adata, "stimulated", mode=mode, accelerator="cpu").X
+        gpu = single.predict(adata, "stimulated", mode=mode, accelerator="cuda").X
+        np.testing.assert_allclose(gpu, cpu, rtol=1e-4, atol=1e-4)
+    streamed = single.predict(adata, "stimulated", out=tmp_path / "p.h5ad", accelerator="cuda")
+    np.testing.assert_allclose(streamed.X[:], gpu, rtol=1e-6, atol=1e-6)
+    streamed.file.close()
+    for get in (single.get_latent, single.get_mmd_layer):
+        np.testing.assert_allclose(
+            get(adata, accelerator="cuda"), get(adata, accelerator="cpu"), rtol=1e-4, atol=1e-4
+        )
+    assert all(v.device.type == "cpu" for v in single.module.state_dict().values())
+
+
 @pytest.mark.skipif(
     getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
     reason="MPS is available here",

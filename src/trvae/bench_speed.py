@@ -7,7 +7,7 @@ on synthetic data (about 10% non-zeros, dense or CSR-sparse), it measures
   loss, backward, Adam, per-epoch bookkeeping), timed over a few hundred steps after a warm-up
   fit;
 - prediction cells/s: :meth:`trvae.TRVAE.predict` (``mode="decode"``, decoder mean);
-- the fp32 GEMM rate of the machine: ``torch.mm`` of two large square matrices, in GFLOP/s;
+- the fp32 GEMM rate of the device: ``torch.mm`` of two large square matrices, in GFLOP/s;
 - the fraction of that rate reached by training and by prediction, with FLOPs counted from the
   layer sizes: ``2 * batch * n_in * n_out`` per ``nn.Linear`` forward, backward twice the
   forward; prediction is one forward pass. The MMD kernel, the loss and the optimiser are not
@@ -15,6 +15,9 @@ on synthetic data (about 10% non-zeros, dense or CSR-sparse), it measures
   hardware's use;
 - the roofline of prediction: the GEMM rate divided by the forward FLOPs of one cell, the most
   cells/s any implementation of this network can reach on this machine.
+
+All of it runs on one device (``accelerator``: the CPU, or a GPU when there is one); on a GPU
+the timings include moving the batches there and the results back.
 
 Nothing here is a test: the numbers depend on the machine and its load.
 """
@@ -61,16 +64,25 @@ def linear_flops(module: nn.Module, batch: int) -> int:
     )
 
 
-def gemm_gflops(n: int = GEMM_SIZE, repeats: int = 5) -> float:
+def _sync(device: torch.device) -> None:
+    """Wait for the device's queued work (GPU kernels run asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def gemm_gflops(n: int = GEMM_SIZE, repeats: int = 5, device: torch.device | str = "cpu") -> float:
     """Best fp32 ``torch.mm`` rate of two ``n x n`` matrices over ``repeats`` runs, GFLOP/s."""
+    device = torch.device(device)
     gen = torch.Generator().manual_seed(0)
-    a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
-    out = torch.empty(n, n)
+    a, b = (torch.randn(n, n, generator=gen).to(device) for _ in range(2))
+    out = torch.empty(n, n, device=device)
     torch.mm(a, b, out=out)  # warm-up
     best = math.inf
     for _ in range(repeats):
+        _sync(device)
         t0 = time.perf_counter()
         torch.mm(a, b, out=out)
+        _sync(device)
         best = min(best, time.perf_counter() - t0)
     return 2.0 * n**3 / best / 1e9
 
@@ -100,37 +112,41 @@ def synthetic_data(
     return AnnData(x if fmt == "csr" else x.toarray(), obs=obs, var=var)
 
 
-def _time_training(model, steps: int, warmup_steps: int, batch_size: int, seed: int) -> tuple:
-    """(seconds, steps) of :class:`TrainingPlan` fits: a warm-up fit, then the timed one."""
+def _time_training(
+    model, steps: int, warmup_steps: int, batch_size: int, seed: int, device: torch.device
+) -> tuple:
+    """(seconds, steps) of :class:`TrainingPlan` fits on ``device``: a warm-up fit, then the
+    timed one."""
     from trvae.training import TrainingPlan
 
     data = model._cell_data(model.adata)
     per_epoch = len(data) // batch_size
-    if warmup_steps:
-        warm_idx = np.arange(min(len(data), warmup_steps * batch_size))
-        TrainingPlan(max_epochs=1, batch_size=batch_size, early_stopping=False).fit(
-            model.module, data, warm_idx, np.array([], dtype=int), seed=seed, progress_bar=False
-        )
-    epochs = max(1, math.ceil(steps / per_epoch))
-    plan = TrainingPlan(max_epochs=epochs, batch_size=batch_size, early_stopping=False)
-    t0 = time.perf_counter()
-    plan.fit(
-        model.module,
-        data,
-        np.arange(per_epoch * batch_size),
-        np.array([], dtype=int),
-        seed=seed,
-        progress_bar=False,
-    )
-    return time.perf_counter() - t0, epochs * per_epoch
+    none = np.array([], dtype=int)
+    fit = {"seed": seed, "progress_bar": False, "device": device}
+    model.module.to(device)
+    try:
+        if warmup_steps:
+            warm_idx = np.arange(min(len(data), warmup_steps * batch_size))
+            plan = TrainingPlan(max_epochs=1, batch_size=batch_size, early_stopping=False)
+            plan.fit(model.module, data, warm_idx, none, **fit)
+        epochs = max(1, math.ceil(steps / per_epoch))
+        plan = TrainingPlan(max_epochs=epochs, batch_size=batch_size, early_stopping=False)
+        _sync(device)
+        t0 = time.perf_counter()
+        plan.fit(model.module, data, np.arange(per_epoch * batch_size), none, **fit)
+        _sync(device)
+        return time.perf_counter() - t0, epochs * per_epoch
+    finally:
+        model.module.cpu()
 
 
-def _time_prediction(model, adata: AnnData) -> float:
+def _time_prediction(model, adata: AnnData, accelerator: str, batch_size: int) -> float:
     """Seconds of ``model.predict(adata, ..., mode="decode")`` after a small warm-up."""
     target = model.conditions_[-1]
-    model.predict(adata[:64], target, mode="decode")
+    predict = {"mode": "decode", "accelerator": accelerator, "batch_size": batch_size}
+    model.predict(adata[: 2 * batch_size], target, **predict)
     t0 = time.perf_counter()
-    model.predict(adata, target, mode="decode")
+    model.predict(adata, target, **predict)
     return time.perf_counter() - t0
 
 
@@ -148,6 +164,9 @@ def run_speed_bench(
     seed: int = 0,
     n_threads: int | None = None,
     verbose: bool = True,
+    accelerator: str = "auto",
+    predict_cells: int | None = None,
+    predict_batch_size: int = 1024,
 ) -> tuple[pd.DataFrame, float]:
     """Measure training and prediction throughput; returns (table, GEMM GFLOP/s) and prints both.
 
@@ -168,7 +187,14 @@ def run_speed_bench(
         Side of the square matrices of the GEMM measurement.
     n_threads
         torch CPU threads (default: torch's setting); restored afterwards.
+    accelerator
+        Device of the GEMM, the training and the prediction, as in :meth:`trvae.TRVAE.train`
+        (``"auto"``: a GPU when there is one).
+    predict_cells, predict_batch_size
+        Cells predicted in the timed :meth:`~trvae.TRVAE.predict` (default: the training cells;
+        a GPU needs far more to be timed beyond its launch overheads) and its batch size.
     """
+    from trvae._distributed import resolve_devices
     from trvae.model import TRVAE
 
     model_kwargs = {**PAPER_MODEL, **(model_kwargs or {})}
@@ -177,14 +203,20 @@ def run_speed_bench(
     rows = []
     try:
         torch.set_num_threads(n_threads)
-        gemm = gemm_gflops(gemm_size)
+        device = resolve_devices(accelerator, 1).device()
+        where = (
+            torch.cuda.get_device_name(device)
+            if device.type == "cuda"
+            else f"{device.type}, {n_threads} threads"
+        )
+        gemm = gemm_gflops(gemm_size, device=device)
         if verbose:
             print(
-                f"fp32 GEMM (torch.mm {gemm_size}x{gemm_size}, {n_threads} threads): "
-                f"{gemm:.1f} GFLOP/s",
+                f"fp32 GEMM (torch.mm {gemm_size}x{gemm_size}, {where}): {gemm:.1f} GFLOP/s",
                 flush=True,
             )
         n_cells = steps_per_epoch * batch_size
+        n_predict = int(predict_cells or n_cells)
         for n_genes in genes:
             for fmt in formats:
                 if fmt not in FORMATS:
@@ -196,9 +228,15 @@ def run_speed_bench(
                     adata, condition_key="condition", likelihood=likelihood, seed=seed,
                     **model_kwargs,
                 )  # fmt: skip
-                seconds, n_steps = _time_training(model, steps, warmup_steps, batch_size, seed)
+                seconds, n_steps = _time_training(
+                    model, steps, warmup_steps, batch_size, seed, device
+                )
                 flops = 3 * linear_flops(model.module, batch_size) * n_steps
-                pred_s = _time_prediction(model, adata)
+                to_predict = adata
+                if n_predict != n_cells:
+                    counts = likelihood != "mse"
+                    to_predict = synthetic_data(n_predict, n_genes, fmt, density, seed, counts)
+                pred_s = _time_prediction(model, to_predict, accelerator, predict_batch_size)
                 cell_flops = linear_flops(model.module, 1)
                 rows.append(
                     {
@@ -208,14 +246,14 @@ def run_speed_bench(
                         "train GFLOP/s": flops / seconds / 1e9,
                         "% of GEMM": 100.0 * flops / seconds / 1e9 / gemm,
                         "train s/step": seconds / n_steps,
-                        "predict cells/s": n_cells / pred_s,
-                        "predict % of GEMM": 100.0 * n_cells * cell_flops / pred_s / 1e9 / gemm,
+                        "predict cells/s": n_predict / pred_s,
+                        "predict % of GEMM": 100.0 * n_predict * cell_flops / pred_s / 1e9 / gemm,
                         "predict roofline cells/s": gemm * 1e9 / cell_flops,
                     }
                 )
                 if verbose:
                     print(_format(pd.DataFrame(rows[-1:], columns=COLUMNS), header=False))
-                del model, adata
+                del model, adata, to_predict
     finally:
         torch.set_num_threads(threads_before)
     table = pd.DataFrame(rows, columns=COLUMNS)
@@ -223,7 +261,8 @@ def run_speed_bench(
         arch = ", ".join(f"{k}={v}" for k, v in model_kwargs.items())
         print(
             f"\ntrVAE speed ({likelihood}, {arch}, batch {batch_size}, {n_steps} timed steps, "
-            f"{density:.0%} non-zeros, {n_threads} threads; GEMM {gemm:.1f} GFLOP/s)"
+            f"{density:.0%} non-zeros, {where}; {n_predict} cells predicted in batches of "
+            f"{predict_batch_size}; GEMM {gemm:.1f} GFLOP/s)"
         )
         print(_format(table))
     return table, gemm
@@ -265,6 +304,9 @@ def add_bench_parser(sub) -> None:
     s.add_argument("--gemm-size", type=int, help=f"default {GEMM_SIZE}")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    s.add_argument("--accelerator", default="auto", help="auto (default), cpu, gpu/cuda, mps")
+    s.add_argument("--predict-cells", type=int, help="cells predicted (default: training cells)")
+    s.add_argument("--predict-batch-size", type=int, default=1024)
 
 
 def bench_command(args: argparse.Namespace) -> int:
@@ -292,5 +334,8 @@ def bench_command(args: argparse.Namespace) -> int:
         gemm_size=pick("gemm_size", GEMM_SIZE),
         seed=args.seed,
         n_threads=args.threads,
+        accelerator=args.accelerator,
+        predict_cells=args.predict_cells,
+        predict_batch_size=args.predict_batch_size,
     )
     return 0

@@ -132,6 +132,7 @@ def _predict(args: argparse.Namespace) -> int:
         source_condition=args.source_condition,
         return_mean=not args.sample,
         seed=args.seed,
+        accelerator=args.accelerator,
     )
     _write_h5ad(pred, Path(args.out))
     print(f"predicted {pred.n_obs} cells x {pred.n_vars} genes as {args.target_condition!r}")
@@ -278,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cell-type", help="only cells of this cell type")
     p.add_argument("--sample", action="store_true", help="sample from the likelihood")
     p.add_argument("--seed", type=int, default=0, help="seed of --sample")
+    p.add_argument("--accelerator", default="auto", help="auto (default), cpu, gpu/cuda, mps")
     p.add_argument("--out", required=True, metavar="PRED.h5ad")
 
     p = sub.add_parser("benchmark", help="hold out each cell type's stimulated cells, score")

@@ -8,7 +8,8 @@ import pickle
 import re
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -421,24 +422,58 @@ class TRVAE:
         self.module.x_min.fill_(x_min)
 
     # ------------------------------------------------------------------ inference
-    @torch.no_grad()
-    def _run(self, data: CellData, fn, batch_size: int = 1024) -> np.ndarray:
-        self.module.eval()
-        chunks = [fn(*b) for b in data.batches(np.arange(len(data)), batch_size)]
-        return torch.cat(chunks).numpy()
+    @contextmanager
+    def _placed(self, accelerator: str) -> Iterator[torch.device]:
+        """The module on ``accelerator``'s device (in eval mode) for a block, then back on CPU."""
+        from trvae._distributed import resolve_devices
 
-    def get_latent(self, adata: AnnData, batch_size: int = 1024) -> np.ndarray:
-        """Posterior mean of z for each cell, encoded with its own condition (deterministic)."""
-        data = self._cell_data(adata)
-        return self._run(data, lambda x, c, _: self.module.inference(x, c)["z_mean"], batch_size)
+        device = resolve_devices(accelerator, 1).device()
+        self.module.eval()
+        if device.type == "cpu":
+            yield device
+            return
+        self.module.to(device)
+        try:
+            yield device
+        finally:
+            self.module.cpu()
+
+    @torch.no_grad()
+    def _outputs(
+        self, data: CellData, fn, batch_size: int, accelerator: str
+    ) -> Iterator[torch.Tensor]:
+        """``fn(x, condition, library)`` over ``data`` in batches on the device, back on CPU."""
+        with self._placed(accelerator) as device:
+            for batch in data.batches(np.arange(len(data)), batch_size):
+                yield fn(*(t.to(device, non_blocking=True) for t in batch)).cpu()
+
+    def _run(self, data: CellData, fn, batch_size: int, accelerator: str) -> np.ndarray:
+        return torch.cat(list(self._outputs(data, fn, batch_size, accelerator))).numpy()
+
+    def get_latent(
+        self, adata: AnnData, batch_size: int = 1024, accelerator: str = "auto"
+    ) -> np.ndarray:
+        """Posterior mean of z for each cell, encoded with its own condition (deterministic).
+
+        ``accelerator`` as in :meth:`train` (``"auto"``: a GPU when there is one).
+        """
+
+        def fn(x, c, _):
+            return self.module.inference(x, c)["z_mean"]
+
+        return self._run(self._cell_data(adata), fn, batch_size, accelerator)
 
     def get_mmd_layer(
-        self, adata: AnnData, condition: str | None = None, batch_size: int = 1024
+        self,
+        adata: AnnData,
+        condition: str | None = None,
+        batch_size: int = 1024,
+        accelerator: str = "auto",
     ) -> np.ndarray:
         """The decoder's first-layer output y, on which the MMD acts.
 
         Cells are encoded with their own condition; y is decoded with ``condition`` when
-        given, else with the cell's own condition.
+        given, else with the cell's own condition. ``accelerator`` as in :meth:`train`.
         """
         data = self._cell_data(adata)
         target = None if condition is None else self._code(condition)
@@ -446,9 +481,9 @@ class TRVAE:
         def fn(x, c, _):
             z = self.module.inference(x, c)["z_mean"]
             s = c if target is None else torch.full_like(c, target)
-            return self.module.generative(z, s, torch.ones(len(x)))["y"]
+            return self.module.generative(z, s, torch.ones(len(x), device=x.device))["y"]
 
-        return self._run(data, fn, batch_size)
+        return self._run(data, fn, batch_size, accelerator)
 
     def _code(self, condition: str) -> int:
         return self.conditions_.index(V.check_condition_value(condition, self.conditions_))
@@ -463,6 +498,7 @@ class TRVAE:
         batch_size: int = 1024,
         seed: int = 0,
         out: str | os.PathLike | None = None,
+        accelerator: str = "auto",
     ) -> AnnData:
         """Carry cells to ``target_condition``: encode with their condition, decode with the target.
 
@@ -497,6 +533,10 @@ class TRVAE:
             X is CSR for count samples (NB/ZINB with ``return_mean=False``), dense float32
             otherwise. The file is written beside ``out`` under a temporary name and renamed
             when complete (an existing ``out`` is replaced). Values equal the in-memory ones.
+        accelerator
+            Where the network runs, as in :meth:`train`: ``"auto"`` (default; a GPU when there
+            is one), ``"cpu"``, ``"cuda"``/``"gpu"`` or ``"mps"``. Batches are moved there and
+            the results back; the model stays on the CPU between calls.
 
         Returns
         -------
@@ -542,22 +582,20 @@ class TRVAE:
             torch.manual_seed(seed)
             if out is not None:
                 counts = values == "sample" and likelihood in V.COUNT_LIKELIHOODS
-                return self._write_prediction(data, fn, batch_size, out, obs, var, uns, counts)
-            pred = self._run(data, fn, batch_size)
+                batches = self._outputs(data, fn, batch_size, accelerator)
+                return self._write_prediction(batches, out, obs, var, uns, counts)
+            pred = self._run(data, fn, batch_size, accelerator)
         result = AnnData(pred.astype(np.float32), obs=obs, var=var)
         result.uns.update(uns)
         return result
 
-    @torch.no_grad()
-    def _write_prediction(
-        self, data: CellData, fn, batch_size: int, out, obs, var, uns, counts: bool
-    ) -> AnnData:
-        """Stream ``fn``'s output over ``data`` into the ``.h5ad`` file ``out``; open it backed."""
+    @staticmethod
+    def _write_prediction(batches, out, obs, var, uns, counts: bool) -> AnnData:
+        """Stream the predicted ``batches`` into the ``.h5ad`` file ``out``; open it backed."""
         from trvae._h5ad import write_h5ad_chunked
 
-        self.module.eval()
-        batches = (fn(*b).numpy() for b in data.batches(np.arange(len(data)), batch_size))
-        path = write_h5ad_chunked(out, obs, var, batches, sparse_x=counts, uns=uns)
+        arrays = (b.numpy() for b in batches)
+        path = write_h5ad_chunked(out, obs, var, arrays, sparse_x=counts, uns=uns)
         return anndata.read_h5ad(path, backed="r")
 
     # ------------------------------------------------------------------ persistence
