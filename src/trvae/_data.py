@@ -149,9 +149,11 @@ class CellData:
         """Dense float32 rows ``idx`` (sorted internally for fast sparse/backed access)."""
         if self.on_disk:
             return self._dense(self._read(np.asarray(idx)))
+        idx = np.asarray(idx)
+        if np.all(idx[1:] > idx[:-1]):  # in order already (prediction): no permutation
+            return self._dense(self.x[idx])
         order = np.argsort(idx, kind="stable")
-        sorted_idx = np.asarray(idx)[order]
-        block = self.x[sorted_idx]
+        block = self.x[idx[order]]
         block = block.toarray() if sparse.issparse(block) else np.asarray(block)
         if self.gene_order is not None:
             block = block[:, self.gene_order]

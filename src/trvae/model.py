@@ -442,13 +442,20 @@ class TRVAE:
     def _outputs(
         self, data: CellData, fn, batch_size: int, accelerator: str
     ) -> Iterator[torch.Tensor]:
-        """``fn(x, condition, library)`` over ``data`` in batches on the device, back on CPU."""
+        """``fn(x, condition, library)`` over ``data`` in batches, on the device."""
         with self._placed(accelerator) as device:
             for batch in data.batches(np.arange(len(data)), batch_size):
-                yield fn(*(t.to(device, non_blocking=True) for t in batch)).cpu()
+                yield fn(*(t.to(device, non_blocking=True) for t in batch))
 
     def _run(self, data: CellData, fn, batch_size: int, accelerator: str) -> np.ndarray:
-        return torch.cat(list(self._outputs(data, fn, batch_size, accelerator))).numpy()
+        """The batches of :meth:`_outputs` copied straight into one float32 array."""
+        result, start = np.empty((0, 0), dtype=np.float32), 0
+        for chunk in self._outputs(data, fn, batch_size, accelerator):
+            if start == 0:
+                result = np.empty((len(data), chunk.shape[1]), dtype=np.float32)
+            torch.from_numpy(result[start : start + len(chunk)]).copy_(chunk)
+            start += len(chunk)
+        return result
 
     def get_latent(
         self, adata: AnnData, batch_size: int = 1024, accelerator: str = "auto"
@@ -585,7 +592,7 @@ class TRVAE:
                 batches = self._outputs(data, fn, batch_size, accelerator)
                 return self._write_prediction(batches, out, obs, var, uns, counts)
             pred = self._run(data, fn, batch_size, accelerator)
-        result = AnnData(pred.astype(np.float32), obs=obs, var=var)
+        result = AnnData(pred, obs=obs, var=var)
         result.uns.update(uns)
         return result
 
@@ -594,7 +601,7 @@ class TRVAE:
         """Stream the predicted ``batches`` into the ``.h5ad`` file ``out``; open it backed."""
         from trvae._h5ad import write_h5ad_chunked
 
-        arrays = (b.numpy() for b in batches)
+        arrays = (b.cpu().numpy() for b in batches)
         path = write_h5ad_chunked(out, obs, var, arrays, sparse_x=counts, uns=uns)
         return anndata.read_h5ad(path, backed="r")
 
