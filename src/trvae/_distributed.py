@@ -27,6 +27,8 @@ from __future__ import annotations
 import copy
 import pickle
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -86,6 +88,16 @@ class DeviceSetup:
 def _mps_available() -> bool:
     backend = getattr(torch.backends, "mps", None)
     return bool(backend is not None and backend.is_available())
+
+
+@contextmanager
+def on_device(module: torch.nn.Module, device: torch.device) -> Iterator[torch.nn.Module]:
+    """``module`` moved to ``device`` for a block, and back to the CPU after it (also on error)."""
+    module.to(device)
+    try:
+        yield module
+    finally:
+        module.cpu()
 
 
 def resolve_devices(

@@ -23,6 +23,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from trvae._errors import check_option
+
 DEFAULT_BANDWIDTHS: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0)
 ESTIMATORS = ("biased", "unbiased")
 GROUPINGS = ("within", "shared")
@@ -65,8 +67,7 @@ def _pairs_from_sums(
     sums: torch.Tensor, counts: torch.Tensor, estimator: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Squared MMDs ``(..., c, c)`` and presence ``(..., c)`` from kernel sums and counts."""
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    check_option("estimator", estimator, ESTIMATORS)
     outer = (counts[..., :, None] * counts[..., None, :]).clamp_min(1.0)
     mean_kernel = sums / outer
     if estimator == "unbiased":
@@ -130,8 +131,7 @@ def mmd_all_pairs(
       both hold in the batch, pooled. One estimate per pair from many cells; groups are not
       compared with themselves only, so it also aligns the groups with one another.
     """
-    if grouping not in GROUPINGS:
-        raise ValueError(f"grouping must be one of {GROUPINGS}, got {grouping!r}")
+    check_option("grouping", grouping, GROUPINGS)
     if group is None:
         pairs, _ = mmd_pair_matrix(y, condition, n_conditions, bandwidths, estimator)
         return pairs.triu(1).sum()

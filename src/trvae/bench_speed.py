@@ -117,14 +117,14 @@ def _time_training(
 ) -> tuple:
     """(seconds, steps) of :class:`TrainingPlan` fits on ``device``: a warm-up fit, then the
     timed one."""
+    from trvae._distributed import on_device
     from trvae.training import TrainingPlan
 
     data = model._cell_data(model.adata)
     per_epoch = len(data) // batch_size
     none = np.array([], dtype=int)
     fit = {"seed": seed, "progress_bar": False, "device": device}
-    model.module.to(device)
-    try:
+    with on_device(model.module, device):
         if warmup_steps:
             warm_idx = np.arange(min(len(data), warmup_steps * batch_size))
             plan = TrainingPlan(max_epochs=1, batch_size=batch_size, early_stopping=False)
@@ -136,8 +136,6 @@ def _time_training(
         plan.fit(model.module, data, np.arange(per_epoch * batch_size), none, **fit)
         _sync(device)
         return time.perf_counter() - t0, epochs * per_epoch
-    finally:
-        model.module.cpu()
 
 
 def _time_prediction(model, adata: AnnData, accelerator: str, batch_size: int) -> float:

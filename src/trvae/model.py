@@ -9,7 +9,6 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from anndata import AnnData
 
 from trvae import _validation as V
 from trvae._data import CellData, stratified_split
-from trvae._errors import ModelLoadError, TRVAEError
+from trvae._errors import ModelLoadError, TRVAEError, check_option
 from trvae._mmd import DEFAULT_BANDWIDTHS
 from trvae._mmd import ESTIMATORS as MMD_ESTIMATORS
 from trvae._mmd import GROUPINGS as MMD_GROUPINGS
@@ -31,7 +30,6 @@ from trvae.module import (
     LIKELIHOODS,
     MMD_ON,
     TRVAEModule,
-    check_option,
 )
 from trvae.training import TrainingPlan
 
@@ -335,7 +333,7 @@ class TRVAE:
         """
         from functools import partial
 
-        from trvae._distributed import fit_distributed, resolve_devices
+        from trvae._distributed import fit_distributed, on_device, resolve_devices
 
         setup = resolve_devices(accelerator, devices, strategy)
         data = self._cell_data(self.adata)
@@ -376,13 +374,10 @@ class TRVAE:
             )
         else:
             device = setup.device()
-            try:
-                self.module.to(device)
+            with on_device(self.module, device):  # the noise model and save work on CPU
                 self.history = plan.fit(
                     self.module, train_data, train_idx, val_idx, device=device, **fit_kwargs
                 )
-            finally:  # prediction, the noise model and save work on CPU tensors
-                self.module.cpu()
         self._fit_noise_model(data, train_idx)
         self.is_trained = True
         return self
@@ -422,28 +417,16 @@ class TRVAE:
         self.module.x_min.fill_(x_min)
 
     # ------------------------------------------------------------------ inference
-    @contextmanager
-    def _placed(self, accelerator: str) -> Iterator[torch.device]:
-        """The module on ``accelerator``'s device (in eval mode) for a block, then back on CPU."""
-        from trvae._distributed import resolve_devices
-
-        device = resolve_devices(accelerator, 1).device()
-        self.module.eval()
-        if device.type == "cpu":
-            yield device
-            return
-        self.module.to(device)
-        try:
-            yield device
-        finally:
-            self.module.cpu()
-
     @torch.no_grad()
     def _outputs(
         self, data: CellData, fn, batch_size: int, accelerator: str
     ) -> Iterator[torch.Tensor]:
-        """``fn(x, condition, library)`` over ``data`` in batches, on the device."""
-        with self._placed(accelerator) as device:
+        """``fn(x, condition, library)`` over ``data`` in batches, on ``accelerator``'s device
+        (the model goes there in eval mode for the call and comes back to the CPU)."""
+        from trvae._distributed import on_device, resolve_devices
+
+        device = resolve_devices(accelerator, 1).device()
+        with on_device(self.module.eval(), device):
             for batch in data.batches(np.arange(len(data)), batch_size):
                 yield fn(*(t.to(device, non_blocking=True) for t in batch))
 

@@ -15,20 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trvae._errors import check_option
 from trvae._mmd import DEFAULT_BANDWIDTHS, ESTIMATORS, GROUPINGS, mmd_all_pairs
 
 LIKELIHOODS = ("mse", "nb", "zinb")
 ARCHITECTURES = ("mlp", "conv")
 DECODER_CONDITIONING = ("mmd_layer", "all_layers")
 MMD_ON = ("y", "z")
-
-
-def check_option(
-    name: str, value: object, options: Sequence[str], error: type[ValueError] = ValueError
-) -> None:
-    """Raise ``error`` naming ``name`` unless ``value`` is one of ``options``."""
-    if value not in options:
-        raise error(f"{name} must be one of {tuple(options)}, got {value!r}")
 
 
 def _block(n_in: int, n_out: int, dropout: float, batch_norm: bool) -> nn.Sequential:
