@@ -200,7 +200,7 @@ def test_conv_shape_defaults_to_uns(conv_data):
 
 # --------------------------------------------------------------------------- benchmark
 def test_mnist_benchmark_quick_writes_report_grid_and_csv(digits, tmp_path):
-    from trvae.benchmark_mnist import run_mnist_benchmark
+    from trvae_benchmarks.mnist import run_mnist_benchmark
 
     df = run_mnist_benchmark(
         out_dir=tmp_path,
@@ -234,7 +234,7 @@ def test_mnist_benchmark_quick_writes_report_grid_and_csv(digits, tmp_path):
 
 
 def test_cli_dispatches_mnist(monkeypatch, tmp_path):
-    import trvae.benchmark_mnist as bm
+    import trvae_benchmarks.mnist as bm
     from trvae.cli import main
 
     calls = {}

@@ -6,13 +6,13 @@ from importlib.metadata import PackageNotFoundError, version
 from trvae._errors import ModelLoadError, TRVAEError
 
 try:
-    __version__ = version("trvae")
+    __version__ = version("trvae-torch")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
-from trvae._distributed import DistributedTrainingError
 from trvae.model import TRVAE
 from trvae.module import TRVAEModule
+from trvae.train.distributed import DistributedTrainingError
 
 __all__ = [
     "TRVAE",
@@ -25,7 +25,7 @@ __all__ = [
 
 #: Submodules reachable as attributes after ``import trvae`` (scanpy style: ``trvae.pl``), each
 #: imported on first use so that ``import trvae`` stays light (no matplotlib, no scanpy).
-_SUBMODULES = ("baselines", "benchmark", "datasets", "images", "metrics", "pl")
+_SUBMODULES = ("datasets", "images", "metrics", "pl", "pp")
 
 
 def __getattr__(name: str):

@@ -18,3 +18,26 @@ def check_option(
 
 class ModelLoadError(TRVAEError):
     """A saved model directory is missing, corrupt, truncated or incompatible."""
+
+
+class MissingDependencyError(TRVAEError, ImportError):
+    """An optional dependency is not installed; the message names the extra that brings it."""
+
+
+def require(module: str, extra: str, package: str | None = None, what: str = "this feature"):
+    """Import and return ``module``, or raise :class:`MissingDependencyError` naming ``extra``.
+
+    Examples
+    --------
+    >>> require("numpy", "core").__name__
+    'numpy'
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise MissingDependencyError(
+            f"{what} needs {package or module}, which is not installed; install the "
+            f"{extra!r} extra: pip install 'trvae-torch[{extra}]'"
+        ) from err

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import anndata as ad
@@ -25,6 +26,7 @@ import pandas as pd
 from scipy import sparse
 
 from trvae._errors import TRVAEError
+from trvae.pp import log_normalize
 
 __all__ = ["REGISTRY", "kang_2018", "kang_counts", "kang_pbmc", "mnist", "synthetic_counts"]
 
@@ -337,13 +339,6 @@ def _simulate_cells(
     return counts, freq
 
 
-def _log_normalise(counts: np.ndarray, target_sum: float) -> np.ndarray:
-    """``log1p`` of counts scaled to ``target_sum`` per cell (scanpy's normalize_total + log1p)."""
-    totals = counts.sum(1, keepdims=True).astype(np.float64)
-    scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
-    return np.log1p(counts * scale)
-
-
 def synthetic_counts(
     n_cells: int,
     n_genes: int,
@@ -411,7 +406,7 @@ def synthetic_counts(
     ``chunk_size * n_genes * density * 12`` bytes; density is about 0.3 with the defaults) and
     a few dense ``SIM_BLOCK x n_genes`` float64 arrays (16 MB each at 2000 genes), never X.
     """
-    from trvae._h5ad import write_h5ad_chunked
+    from trvae.data.h5ad import write_h5ad_chunked
 
     if n_cells < 1 or n_genes < 1 or n_conditions < 2 or n_cell_types < 1:
         raise TRVAEError(
@@ -445,7 +440,7 @@ def synthetic_counts(
             group = np.full(n_truth_cells, t), np.full(n_truth_cells, c)
             counts, freq = _simulate_cells(sim, *group, truth_rng, library_median, library_sd)
             frequency[t, c] = freq.mean(0)
-            log_norm[t, c] = _log_normalise(counts, target_sum).mean(0)
+            log_norm[t, c] = log_normalize(counts, target_sum, np.float64).mean(0)
     uns = {
         "sim": {
             "cell_types": np.array(type_names),
@@ -481,3 +476,136 @@ def synthetic_counts(
             yield sparse.vstack(pending, format="csr")
 
     return write_h5ad_chunked(path, obs, var, chunks(), sparse_x=True, uns=uns)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """Settings of :func:`simulate_perturbation` (see there for their meaning)."""
+
+    n_cell_types: int = 5
+    n_conditions: int = 2
+    group_sizes: tuple[int, ...] | None = None
+    cells_per_group: int = 300
+    shared_scale: float = 1.0
+    specific_scale: float = 0.6
+    opposite_fraction: float = 0.0
+    responder_fraction: float = 1.0
+    response_fraction: float = 0.1
+
+
+#: Development scenarios of :func:`simulate_perturbation`, each stressing one failure mode of
+#: perturbation prediction (the generalisation suite runs every one).
+SCENARIOS: dict[str, Scenario] = {
+    "shared": Scenario(shared_scale=1.0, specific_scale=0.0),
+    "specific": Scenario(shared_scale=0.5, specific_scale=1.2, opposite_fraction=0.3),
+    "three_conditions": Scenario(n_conditions=3),
+    "unequal": Scenario(group_sizes=(900, 450, 250, 120, 40)),
+    "variance": Scenario(responder_fraction=0.5),
+}
+
+
+def simulate_perturbation(
+    scenario: str | Scenario = "shared", n_genes: int = 500, seed: int = 0, **settings
+) -> ad.AnnData:
+    """Simulate a small perturbation experiment in memory, with the truth known.
+
+    Cells of ``n_cell_types`` cell types under ``n_conditions`` conditions (the first is
+    ``"control"``) are drawn from the negative-binomial model of :func:`synthetic_counts`: a
+    perturbation adds to the log-frequencies a response shared by all types (scaled per type)
+    and a type-specific one; ``opposite_fraction`` of the shared-response genes have the
+    opposite sign in each type; with ``responder_fraction < 1`` only that fraction of the
+    perturbed cells respond (the others look like controls), which changes the variance and
+    makes the response bimodal.
+
+    Parameters
+    ----------
+    scenario
+        A key of :data:`SCENARIOS` (``"shared"``, ``"specific"``, ``"three_conditions"``,
+        ``"unequal"``, ``"variance"``) or a :class:`Scenario`.
+    n_genes
+        Number of genes.
+    seed
+        Seed of everything.
+    **settings
+        Fields of :class:`Scenario` that override the scenario's: ``n_cell_types``,
+        ``n_conditions``, ``group_sizes`` (cells per cell type and condition, one entry per
+        type; default ``cells_per_group`` each), ``shared_scale`` and ``specific_scale`` (SD of
+        the log-fold changes of the shared and type-specific response genes),
+        ``opposite_fraction`` (shared-response genes whose sign flips, per type),
+        ``responder_fraction`` (perturbed cells that respond), ``response_fraction`` (genes in
+        the shared response; half as many in each specific one).
+
+    Returns
+    -------
+    AnnData with log-normalised X (CSR, :func:`trvae.pp.log_normalize`), raw counts in
+    ``layers["counts"]``, ``obs["condition"]``, ``obs["cell_type"]``, ``obs["responder"]``
+    and ``uns["simulation"]`` (the settings and ``true_log_effect``, cell types x conditions x
+    genes).
+
+    Examples
+    --------
+    >>> adata = simulate_perturbation("shared", n_genes=50, cells_per_group=20)
+    >>> adata.shape, sorted(adata.obs["condition"].unique())
+    ((200, 50), ['control', 'stimulated'])
+    """
+    if isinstance(scenario, str):
+        if scenario not in SCENARIOS:
+            raise TRVAEError(f"scenario must be one of {tuple(SCENARIOS)}, got {scenario!r}")
+        name, scenario = scenario, SCENARIOS[scenario]
+    else:
+        name = "custom"
+    unknown = sorted(set(settings) - {f.name for f in fields(Scenario)})
+    if unknown:
+        raise TRVAEError(f"unknown simulate_perturbation settings: {unknown}")
+    sc = replace(scenario, **settings)
+    n_types = len(sc.group_sizes) if sc.group_sizes is not None else sc.n_cell_types
+    sizes = np.asarray(sc.group_sizes or (sc.cells_per_group,) * n_types, dtype=np.int64)
+    if n_genes < 2 or sc.n_conditions < 2 or len(sizes) < 1 or sizes.min() < 1:
+        raise TRVAEError("simulate_perturbation needs n_genes >= 2, n_conditions >= 2, cells >= 1")
+    rng = np.random.default_rng([seed, 10])
+    sim = _simulator(n_genes, sc.n_conditions, n_types, seed, 10, sc.response_fraction)
+    sim["effect"] = _effects(rng, n_genes, n_types, sc)
+    types = np.repeat(np.arange(n_types), sizes * sc.n_conditions)
+    conds = np.concatenate([np.repeat(np.arange(sc.n_conditions), s) for s in sizes])
+    responder = (conds > 0) & (rng.random(len(conds)) < sc.responder_fraction)
+    counts, _ = _simulate_cells(sim, types, np.where(responder, conds, 0), rng, 1500.0, 0.4)
+    counts = sparse.csr_matrix(counts.astype(np.float32))
+    obs = pd.DataFrame(
+        {
+            "condition": pd.Categorical.from_codes(conds, _condition_names(sc.n_conditions)),
+            "cell_type": pd.Categorical.from_codes(types, [f"type{t}" for t in range(n_types)]),
+            "responder": responder,
+        },
+        index=_names("cell", len(types)),
+    )
+    adata = ad.AnnData(
+        X=log_normalize(counts), obs=obs, var=pd.DataFrame(index=_names("gene", n_genes))
+    )
+    adata.layers["counts"] = counts
+    adata.uns["simulation"] = {
+        "scenario": name,
+        "true_log_effect": sim["effect"].astype(np.float32),
+        **{k: v for k, v in asdict(sc).items() if v is not None},
+        "seed": int(seed),
+    }
+    return adata
+
+
+def _effects(rng: np.random.Generator, n_genes: int, n_types: int, sc: Scenario) -> np.ndarray:
+    """Log-fold changes (types x conditions x genes) of :func:`simulate_perturbation`."""
+    n_shared = max(1, round(sc.response_fraction * n_genes))
+    n_specific = max(1, round(sc.response_fraction * n_genes / 2))
+    effect = np.zeros((n_types, sc.n_conditions, n_genes))
+    for c in range(1, sc.n_conditions):
+        shared = np.zeros(n_genes)
+        genes = rng.choice(n_genes, n_shared, replace=False)
+        shared[genes] = rng.normal(0.0, sc.shared_scale, n_shared)
+        for t in range(n_types):
+            sign = np.ones(n_genes)
+            sign[genes[rng.random(n_shared) < sc.opposite_fraction]] = -1.0
+            specific = np.zeros(n_genes)
+            specific[rng.choice(n_genes, n_specific, replace=False)] = rng.normal(
+                0.0, sc.specific_scale, n_specific
+            )
+            effect[t, c] = rng.uniform(0.7, 1.3) * sign * shared + specific
+    return effect

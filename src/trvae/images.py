@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from trvae._errors import TRVAEError
+from trvae._errors import TRVAEError, require
 
 __all__ = [
     "CONDITIONS",
@@ -42,15 +42,9 @@ CONDITIONS = ("thin", "normal", "thick")
 #: Ways of thinning and thickening. ``"disk"`` (default) is Morpho-MNIST's: the image is upscaled
 #: ``MORPHO_SCALE`` times (bilinear), grey-scale eroded (thin) or dilated (thick) with a disk whose
 #: radius is ``amount`` times half the digit's own stroke thickness (:func:`stroke_thickness`),
-#: and block-averaged back. A relative, sub-pixel amount keeps thin digits whole: with
-#: ``amount=0.5`` the mean thickness of the 5000 digits of :func:`trvae.datasets.mnist` goes from
-#: 2.99 to 1.75 (thin) and 4.74 (thick) pixels, no digit is erased, and the RBF-SVM of
-#: :func:`train_digit_classifier`, fitted to 2500 normal digits, reads the true thin / thick
-#: versions of 1000 other digits 1, 3, 6, 7 at 91.2% / 92.2% (normal 95.0%). The fixed footprints
-#: move every stroke edge by whole pixels: ``"cross"`` (the 3x3 cross) gives 1.46 / 5.64 px and
-#: erases 2% of the thin digits, which the same classifier reads at 71%; ``"square"`` (3x3) gives
-#: 1.14 / 6.52 px and erases 15%; ``"square2"`` (2x2) gives 1.72 / 4.56 px but moves one edge
-#: only, shifting the image by half a pixel.
+#: and block-averaged back; a relative, sub-pixel amount keeps thin digits whole. The fixed
+#: footprints (``"cross"``, ``"square"``, ``"square2"``) move every stroke edge by whole pixels.
+#: Measured thicknesses and classifier accuracies: ``docs/choosing-parameters.md``.
 STRUCTURES: dict[str, np.ndarray | None] = {
     "disk": None,
     "cross": ndimage.generate_binary_structure(2, 1),
@@ -202,7 +196,9 @@ def pixel_mse(pred, true, image_shape: Sequence[int] | None = None) -> np.ndarra
 
 def ssim(pred, true, image_shape: Sequence[int] | None = None) -> np.ndarray:
     """Structural similarity of each image pair, ``data_range=1`` (1 for identical images)."""
-    from skimage.metrics import structural_similarity
+    structural_similarity = require(
+        "skimage.metrics", "images", "scikit-image", "ssim"
+    ).structural_similarity
 
     a, _, _ = _as_images(pred, image_shape)
     b, _, _ = _as_images(true, image_shape)
@@ -223,7 +219,9 @@ def stroke_thickness(
     no foreground has thickness 0. A straight bar ``w`` pixels wide and ``L >> w`` long
     measures about ``w`` (its skeleton is a line about ``L`` pixels long).
     """
-    from skimage.morphology import skeletonize
+    skeletonize = require(
+        "skimage.morphology", "images", "scikit-image", "stroke_thickness"
+    ).skeletonize
 
     arr, _, _ = _as_images(images, image_shape)
     out = np.zeros(len(arr))
@@ -239,10 +237,8 @@ def train_digit_classifier(images, digits: Sequence, seed: int = 0):
     """An RBF support-vector classifier (``sklearn.svm.SVC``, C=10) fitted to labelled images.
 
     ``images`` are flattened (n, H*W) or (n, H, W) in [0, 1]; returns the fitted classifier
-    (deterministic; ``seed`` is kept for callers that pass one). Fitted to 2500 normal MNIST
-    digits it reads 95% of other normal digits, against 91% for a one-layer MLP. It is not
-    more tolerant of stroke thickness: it reads the 3x3-cross-eroded digits 1, 3, 6, 7 at 71%,
-    the MLP at 84% (both read the default thinning and thickening at about 90-92%).
+    (deterministic; ``seed`` is kept for callers that pass one). Its accuracy on normal, thin
+    and thick digits: ``docs/choosing-parameters.md``.
     """
     from sklearn.svm import SVC
 

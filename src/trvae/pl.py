@@ -122,23 +122,18 @@ def mean_scatter(
 
 
 def var_scatter(
-    pred: Any,
-    real: Any,
-    var_names: Sequence[str],
-    degs: Sequence[str] | None = None,
-    label_top: int = 10,
-    title: str | None = None,
-    save: str | Path | None = None,
+    pred: Any, real: Any, var_names: Sequence[str], degs: Sequence[str] | None = None, **kwargs
 ) -> Figure:
     """Scatter of per-gene variances (``ddof=0``), predicted (x) against real (y).
 
-    Same layout and parameters as :func:`mean_scatter`.
+    Same layout and parameters (``label_top``, ``title``, ``save``) as :func:`mean_scatter`.
 
     Returns
     -------
     matplotlib.figure.Figure
     """
-    return _stat_scatter("var", pred, real, var_names, degs, label_top, title, save)
+    options = {"label_top": 10, "title": None, "save": None, **kwargs}
+    return _stat_scatter("var", pred, real, var_names, degs, **options)
 
 
 def response_violin(
@@ -318,14 +313,12 @@ def embedding_grid(
         Columns of ``obs`` to colour by.
     seed
         Seed of the UMAP layout.
-    title
-        Figure title.
-    save
-        File to write the figure to (PNG at 150 dpi unless the suffix says otherwise).
+    title, save
+        Figure title, and a file to write the figure to (as in :func:`mean_scatter`).
 
     Returns
     -------
-    matplotlib.figure.Figure
+    The :class:`~matplotlib.figure.Figure`.
     """
     import scanpy as sc
     from anndata import AnnData

@@ -1,0 +1,151 @@
+"""Training: fit the network on the model's AnnData (one process or DDP), then its noise model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import torch
+
+from trvae._errors import TRVAEError
+from trvae.data import validation as V
+from trvae.data.cell_data import CellData, stratified_split
+from trvae.train import checkpoint
+from trvae.train.devices import on_device, resolve_devices
+from trvae.train.distributed import fit_distributed
+from trvae.train.plan import TrainingPlan
+
+if TYPE_CHECKING:
+    from trvae.model._trvae import TRVAE
+
+
+class TrainingMixin:
+    """:meth:`train` for :class:`~trvae.TRVAE`."""
+
+    def train(
+        self,
+        max_epochs: int = 200,
+        batch_size: int = 64,
+        lr: float = 1e-3,
+        early_stopping: bool = True,
+        patience: int = 20,
+        validation_fraction: float = 0.1,
+        seed: int = 0,
+        progress_bar: bool = True,
+        checkpoint_dir: str | Path | None = None,
+        resume: bool = False,
+        accelerator: str = "auto",
+        devices: int | str = "auto",
+        strategy: str = "auto",
+        **plan_kwargs,
+    ) -> TRVAE:
+        """Fit the model on the AnnData it was created with.
+
+        Parameters
+        ----------
+        max_epochs, batch_size, lr, early_stopping, patience
+            See :class:`~trvae.train.plan.TrainingPlan`; ``plan_kwargs`` sets its other fields.
+        validation_fraction
+            Fraction of cells of each condition held out (seeded, shuffled) to monitor the loss,
+            pick the best epoch and stop early.
+        seed
+            Seed of the split, the shuffling and the sampling of z during training.
+        checkpoint_dir
+            Directory where the training state is written (atomically) after every epoch.
+        resume
+            Continue from the training state in ``checkpoint_dir``.
+        accelerator
+            ``"auto"`` (a CUDA GPU when available, else CPU), ``"cpu"``, ``"gpu"``/``"cuda"``
+            or ``"mps"``. The module is moved there for training and back to CPU afterwards.
+            Only the CPU runs bit-for-bit reproducibly.
+        devices
+            Number of devices, one training process each, or ``"auto"`` (every visible GPU with
+            ``strategy="ddp"`` on CUDA, else 1). With 2 or more, training runs with DDP in
+            spawned processes (see :mod:`trvae.train.distributed`): ``batch_size`` is per process,
+            the MMD compares the conditions within each process's batch, and a script must keep
+            its code under ``if __name__ == "__main__":``.
+        strategy
+            ``"auto"`` (DDP when ``devices >= 2``) or ``"ddp"``; trvae implements DDP with
+            ``torch.distributed`` itself, not with Lightning.
+        """
+        setup = resolve_devices(accelerator, devices, strategy)
+        data = self._cell_data(self.adata)
+        codes = data.conditions.numpy()
+        V.check_conditions(pd.Series(codes), self.condition_key, min_cells=2)
+        train_data = self._grouped(data)
+        train_idx, val_idx = stratified_split(
+            train_data.conditions.numpy(), validation_fraction, seed
+        )
+        plan = TrainingPlan(
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            lr=lr,
+            early_stopping=early_stopping,
+            patience=patience,
+            **plan_kwargs,
+        )
+        on_epoch_end, resume_state = None, None
+        if checkpoint_dir is not None:
+            checkpoint_dir = Path(checkpoint_dir)
+            checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            if resume and (checkpoint_dir / checkpoint.FILENAME).exists():
+                resume_state = checkpoint.load(checkpoint_dir, self._build_module())
+            self._write_config(checkpoint_dir)
+            on_epoch_end = checkpoint.writer(checkpoint_dir)
+        elif resume:
+            raise TRVAEError("resume=True needs the checkpoint_dir of the interrupted run")
+        fit_kwargs = {
+            "seed": seed,
+            "progress_bar": progress_bar,
+            "on_epoch_end": on_epoch_end,
+            "resume_state": resume_state,
+        }
+        if setup.distributed:  # rank 0's best weights come back into self.module, on CPU
+            self.history = fit_distributed(
+                plan, self.module, train_data, train_idx, val_idx, setup, **fit_kwargs
+            )
+        else:
+            device = setup.device()
+            with on_device(self.module, device):  # the noise model and save work on CPU
+                self.history = plan.fit(
+                    self.module, train_data, train_idx, val_idx, device=device, **fit_kwargs
+                )
+        self._fit_noise_model(data, train_idx)
+        self.is_trained = True
+        return self
+
+    def _grouped(self, data: CellData) -> CellData:
+        """``data`` with joint (group, condition) codes when the MMD is grouped, else itself."""
+        groups = self.init_params.get("mmd_groups")
+        if not groups:
+            return data
+        key = self.init_params["mmd_group_key"]
+        labels = V.check_obs_key(self.adata, key, "mmd_group_key").astype(str)
+        unknown = sorted(set(labels) - set(groups))
+        if unknown:
+            raise TRVAEError(f"adata.obs[{key!r}] has groups unknown to the model: {unknown}")
+        codes = pd.Categorical(labels, categories=groups).codes.astype(np.int64)
+        joint = codes * len(self.conditions_) + data.conditions.numpy()
+        return CellData(data.x, joint, data.gene_order, row_map=data.row_map)
+
+    @torch.no_grad()
+    def _fit_noise_model(self, data: CellData, idx: np.ndarray, batch_size: int = 1024) -> None:
+        """Record the per-gene residual SD (the MSE head's noise) and the smallest value.
+
+        Count likelihoods need neither a pass nor an SD: their floor is 0 counts.
+        """
+        self.module.eval()
+        if self.init_params["likelihood"] != "mse":
+            self.module.x_min.fill_(0.0)
+            return
+        sq_sum = torch.zeros(self.module.n_input, dtype=torch.float64)
+        x_min = float("inf")
+        for x, c, lib in data.batches(idx, batch_size):
+            z = self.module.inference(x, c)["z_mean"]
+            mean = self.module.generative(z, c, lib)["mean"]
+            sq_sum += ((x - mean) ** 2).sum(0, dtype=torch.float64)
+            x_min = min(x_min, float(x.min()))
+        self.module.residual_sd.copy_((sq_sum / max(len(idx), 1)).sqrt())
+        self.module.x_min.fill_(x_min)

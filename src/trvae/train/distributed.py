@@ -1,0 +1,280 @@
+"""Device selection and multi-process data-parallel training, on ``torch.distributed`` directly.
+
+The arguments follow Lightning's (``accelerator``, ``devices``, ``strategy``) but trvae does not
+use Lightning: its training loop is a plain PyTorch loop (fewer dependencies, faster on small CPU
+data), and this module adds what Lightning's DDP strategy would:
+
+- ``devices=N`` (``N >= 2``, ``strategy="auto"`` or ``"ddp"``) starts ``N`` processes with
+  :func:`torch.multiprocessing.spawn` (the ``ddp_spawn`` flavour: nothing to launch by hand);
+  they meet at a :class:`~torch.distributed.TCPStore` that the calling process opens on a free
+  localhost port, with the ``gloo`` backend on CPU and ``nccl`` on CUDA (one GPU per process).
+- Each process wraps the module in :class:`~torch.nn.parallel.DistributedDataParallel`, which
+  averages the gradients, and trains on its own disjoint share of every epoch's shuffled training
+  cells (see :meth:`trvae.train.plan.TrainingPlan.fit`). ``batch_size`` is per process, as in
+  Lightning, so one optimiser step sees ``N * batch_size`` cells; the MMD penalty and the
+  BatchNorm statistics are computed within each process's batch.
+- The validation loss is all-reduced, so the learning-rate schedule, the best epoch and early
+  stopping are the same decisions in every process; rank 0's best weights and its history come
+  back to the calling process (through a file in a temporary directory).
+- The data reach the processes pickled (spawn): fine for in-memory data of a few GB. A backed
+  (on-disk) matrix is sent as its file name and reopened read-only in each process.
+- A script that trains with ``devices >= 2`` must keep its top-level code under
+  ``if __name__ == "__main__":``, because spawned processes import the main module.
+"""
+
+from __future__ import annotations
+
+import copy
+import pickle
+import tempfile
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from scipy import sparse
+
+from trvae._errors import TRVAEError
+from trvae.data.cell_data import CellData
+from trvae.train.devices import DeviceSetup
+
+if TYPE_CHECKING:
+    from trvae.train.plan import TrainingPlan
+
+_HOST = "127.0.0.1"
+_TIMEOUT = timedelta(minutes=30)
+_RESULT = "result.pt"
+
+
+class DistributedTrainingError(RuntimeError):
+    """A training process of a multi-device run failed; the message holds its traceback."""
+
+
+# ---------------------------------------------------------------------- data for the workers
+class _BackedMatrix:
+    """An HDF5-backed matrix that pickles as its file name and path and reopens read-only."""
+
+    def __init__(self, filename: str, name: str, is_sparse: bool) -> None:
+        self.filename, self.name, self.is_sparse = filename, name, is_sparse
+        self._matrix = None
+
+    def _open(self):
+        if self._matrix is None:
+            import h5py
+
+            node = h5py.File(self.filename, "r")[self.name]
+            if self.is_sparse:
+                from anndata.io import sparse_dataset
+
+                node = sparse_dataset(node)
+            self._matrix = node
+        return self._matrix
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self._open().shape)
+
+    def __getitem__(self, idx):
+        return self._open()[idx]
+
+    def __getstate__(self) -> dict:
+        return {"filename": self.filename, "name": self.name, "is_sparse": self.is_sparse}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["filename"], state["name"], state["is_sparse"])
+
+
+def portable(data: CellData) -> CellData:
+    """``data`` in a form that can be sent to spawned processes.
+
+    In-memory matrices (numpy, scipy sparse) are sent as they are (pickled); an HDF5-backed one
+    (``read_h5ad(..., backed="r")``) is replaced by a reference that each process reopens.
+    """
+    x = data.x
+    if isinstance(x, np.ndarray) or sparse.issparse(x):
+        return data
+    import h5py
+
+    if isinstance(x, h5py.Dataset):
+        backed = _BackedMatrix(x.file.filename, x.name, is_sparse=False)
+    elif hasattr(x, "group") and isinstance(getattr(x, "group", None), h5py.Group):
+        backed = _BackedMatrix(x.group.file.filename, x.group.name, is_sparse=True)
+    else:
+        raise TRVAEError(
+            f"multi-device training cannot send a {type(x).__name__} matrix to its processes; "
+            "load the data into memory (adata.to_memory()) or use devices=1"
+        )
+    out = copy.copy(data)
+    out.x = backed
+    return out
+
+
+# ---------------------------------------------------------------------- processes
+@dataclass
+class _Job:
+    """Everything a training process needs (pickled by the caller, unpickled in each process)."""
+
+    plan: TrainingPlan
+    module: torch.nn.Module
+    data: CellData
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    seed: int
+    progress_bar: bool
+    on_epoch_end: object
+    resume_state: dict | None
+    device_type: str
+    world_size: int
+    port: int
+    n_threads: int
+    result_path: str
+
+
+def _worker(rank: int, payload: bytes) -> None:
+    """One training process: join the process group, fit, and (rank 0) write the result.
+
+    ``payload`` is the pickled :class:`_Job`. It is pickled by the caller, not handed to spawn
+    as an object: torch's multiprocessing pickler would put its tensors in shared memory, so that
+    every process would update the same weights (and optimiser state).
+    """
+    job: _Job = pickle.loads(payload)
+    torch.set_num_threads(job.n_threads)
+    setup = DeviceSetup(job.device_type, job.world_size)
+    device = setup.device(rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    store = dist.TCPStore(_HOST, job.port, None, False, _TIMEOUT)
+    dist.init_process_group(
+        "nccl" if device.type == "cuda" else "gloo",
+        store=store,
+        rank=rank,
+        world_size=job.world_size,
+        timeout=_TIMEOUT,
+    )
+    try:
+        module = job.module.to(device)
+        history = job.plan.fit(
+            module,
+            job.data,
+            job.train_idx,
+            job.val_idx,
+            seed=job.seed,
+            progress_bar=job.progress_bar,
+            on_epoch_end=job.on_epoch_end,
+            resume_state=job.resume_state,
+            device=device,
+            distributed=True,
+        )
+        if rank == 0:
+            result = {
+                "module": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+                "history": history.to_dict("list"),
+                "columns": list(history.columns),
+                "best_epoch": int(history.attrs.get("best_epoch", -1)),
+            }
+            torch.save(result, job.result_path)
+    finally:
+        dist.destroy_process_group()
+
+
+def _child_error(err: Exception, world_size: int) -> DistributedTrainingError:
+    """A clear error for the calling process from a failed training process."""
+    rank = getattr(err, "error_index", "?")
+    if isinstance(err, mp.ProcessRaisedException):
+        lines = [line for line in str(err).strip().splitlines() if line.strip()]
+        summary = lines[-1].strip() if lines else "unknown error"
+        return DistributedTrainingError(
+            f"DDP training failed in process {rank} of {world_size}: {summary}\n{err}"
+        )
+    hint = ""
+    if getattr(err, "exit_code", None) == 1:
+        hint = (
+            " (if this is a script: spawned processes import the main module, so its training "
+            'code must be under `if __name__ == "__main__":`)'
+        )
+    return DistributedTrainingError(
+        f"DDP training process {rank} of {world_size} died: {err}{hint}"
+    )
+
+
+def fit_distributed(
+    plan: TrainingPlan,
+    module: torch.nn.Module,
+    data: CellData,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    setup: DeviceSetup,
+    seed: int = 0,
+    progress_bar: bool = True,
+    on_epoch_end=None,
+    resume_state: dict | None = None,
+) -> pd.DataFrame:
+    """Train ``module`` with DDP in ``setup.world_size`` spawned processes.
+
+    Parameters
+    ----------
+    plan
+        The :class:`~trvae.train.plan.TrainingPlan`; every process runs its ``fit``.
+    module
+        The network, on CPU; it receives rank 0's final (best) weights and stays on CPU.
+    data, train_idx, val_idx
+        Cells and the training / validation split.
+    setup
+        From :func:`resolve_devices`, with ``world_size >= 2``.
+    seed, progress_bar, on_epoch_end, resume_state
+        As in :meth:`~trvae.train.plan.TrainingPlan.fit`; ``on_epoch_end`` must be picklable
+        and is called by rank 0 only.
+
+    Returns
+    -------
+    Rank 0's per-epoch history (``attrs["best_epoch"]`` set).
+
+    Raises
+    ------
+    DistributedTrainingError
+        When a process raises or dies; its traceback is in the message.
+    """
+    data = portable(data)
+    n_threads = max(1, torch.get_num_threads() // setup.world_size)
+    store = dist.TCPStore(_HOST, 0, None, True, _TIMEOUT, wait_for_workers=False)
+    try:
+        with tempfile.TemporaryDirectory(prefix="trvae-ddp-") as tmp:
+            job = _Job(
+                plan=plan,
+                module=module,
+                data=data,
+                train_idx=np.asarray(train_idx),
+                val_idx=np.asarray(val_idx),
+                seed=seed,
+                progress_bar=progress_bar,
+                on_epoch_end=on_epoch_end,
+                resume_state=resume_state,
+                device_type=setup.device_type,
+                world_size=setup.world_size,
+                port=store.port,
+                n_threads=n_threads,
+                result_path=str(Path(tmp) / _RESULT),
+            )
+            try:
+                payload = pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as err:  # pickle raises TypeError, AttributeError, PicklingError...
+                raise TRVAEError(
+                    f"multi-device training cannot send its job to the processes: {err}"
+                ) from err
+            try:
+                mp.spawn(_worker, args=(payload,), nprocs=setup.world_size, join=True)
+            except (mp.ProcessRaisedException, mp.ProcessExitedException) as err:
+                raise _child_error(err, setup.world_size) from err
+            result = torch.load(job.result_path, weights_only=True, map_location="cpu")
+    finally:
+        del store
+    module.load_state_dict(result["module"])
+    module.eval()
+    history = pd.DataFrame(result["history"], columns=result["columns"])
+    history.attrs["best_epoch"] = result["best_epoch"]
+    return history
