@@ -18,10 +18,13 @@ from trvae.metrics import (
     energy_distance,
     evaluate_prediction,
     mmd_rbf,
+    nonzero_fraction,
     pca_embed,
     r2_mean,
+    r2_nonzero,
     r2_var,
     top_degs,
+    wasserstein_genes,
 )
 
 
@@ -212,6 +215,8 @@ KEYS = {
     "mmd_top100",
     "edist_pca",
     "mmd_pca",
+    "wasserstein_top100",
+    "r2_nonzero_top100",
 }
 
 
@@ -228,7 +233,7 @@ def test_evaluate_prediction(rng):
     assert all(isinstance(v, float) for v in perfect.values())
     for key in ("r2_mean_all", "r2_mean_top100", "delta_pearson_all", "delta_pearson_top100"):
         assert perfect[key] == pytest.approx(1.0)
-    for key in ("edist_top100", "mmd_top100", "edist_pca", "mmd_pca"):
+    for key in ("edist_top100", "mmd_top100", "edist_pca", "mmd_pca", "wasserstein_top100"):
         assert perfect[key] == pytest.approx(0.0, abs=1e-10)
 
     noisy = evaluate_prediction(
@@ -240,3 +245,26 @@ def test_evaluate_prediction(rng):
         evaluate_prediction(real, real, control, names, ["nope"], n_boot=10)
     with pytest.raises(TRVAEError):
         evaluate_prediction(real, real, control, names[:-1], degs, n_boot=10)
+
+
+def test_wasserstein_genes_hand_computed():
+    # a constant shift d scores |d|; an identical gene scores 0: mean over genes
+    pred = np.array([[0.0, 5.0], [1.0, 6.0]])
+    real = np.array([[2.0, 5.0], [3.0, 6.0]])
+    assert wasserstein_genes(pred, real) == pytest.approx((2.0 + 0.0) / 2)
+    # unequal sizes: CDFs 2/3 and 1/2 on [0, 1): W1 = 1/6
+    assert wasserstein_genes(np.array([[0.0], [0.0], [1.0]]), np.array([[0.0], [1.0]])) == (
+        pytest.approx(1 / 6)
+    )
+    assert wasserstein_genes(sparse.csr_matrix(pred), real) == pytest.approx(1.0)
+
+
+def test_r2_nonzero_hand_computed():
+    pred = np.array([[0, 1, 1, 0], [1, 1, 0, 0]])  # non-zero fractions 0.5, 1, 0.5, 0
+    real = np.array([[0, 1, 0, 0], [0, 1, 0, 1], [0, 1, 1, 0], [1, 0, 0, 0]])  # .25 .75 .25 .25
+    x, y = np.array([0.5, 1.0, 0.5, 0.0]), np.array([0.25, 0.75, 0.25, 0.25])
+    r = np.corrcoef(x, y)[0, 1]
+    assert nonzero_fraction(real).tolist() == [0.25, 0.75, 0.25, 0.25]
+    assert r2_nonzero(pred, real) == pytest.approx(r**2)
+    assert r2_nonzero(pred, pred) == pytest.approx(1.0)
+    assert np.isnan(r2_nonzero(np.ones((3, 2)), real[:, :2]))  # constant fractions

@@ -69,6 +69,7 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         accelerator=args.accelerator,
         devices=args.devices,
         strategy=args.strategy,
+        precision=args.precision,
     )
     model.save(out, overwrite=args.overwrite)
     best = model.history.attrs.get("best_epoch", "?")
@@ -111,6 +112,7 @@ def _predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
         return_mean=not args.sample,
         seed=args.seed,
         accelerator=args.accelerator,
+        precision=args.precision,
     )
     write_h5ad(pred, Path(args.out))
     print(f"predicted {pred.n_obs} cells x {pred.n_vars} genes as {args.target_condition!r}")
@@ -123,6 +125,14 @@ def positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
+
+
+#: ``--precision`` of ``trvae train`` / ``predict`` (:mod:`trvae.train.precision`).
+PRECISION_ARG = {
+    "choices": ("32", "bf16-mixed"),
+    "default": "32",
+    "help": "32 (default) or bf16-mixed: bfloat16 autocast, float32 weights and loss",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accelerator", default="auto", help="auto (default), cpu, gpu/cuda, mps")
     p.add_argument("--devices", default="auto", help="number of devices (DDP if >= 2) or auto")
     p.add_argument("--strategy", default="auto", help="auto (default) or ddp")
+    p.add_argument("--precision", **PRECISION_ARG)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--threads", type=positive, help="torch CPU threads (default: torch's)")
 
@@ -182,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", action="store_true", help="sample from the likelihood")
     p.add_argument("--seed", type=int, default=0, help="seed of --sample")
     p.add_argument("--accelerator", default="auto", help="auto (default), cpu, gpu/cuda, mps")
+    p.add_argument("--precision", **PRECISION_ARG)
     p.add_argument("--out", required=True, metavar="PRED.h5ad")
 
     for register in _extensions():

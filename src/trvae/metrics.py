@@ -390,7 +390,8 @@ def evaluate_prediction(
     and ``real`` are projected. Keys: ``r2_mean_all``, ``r2_mean_top100``, ``r2_mean_top100_sd``,
     ``r2_var_all``, ``r2_var_top100``, ``r2_var_top100_sd`` (bootstrap SDs, see
     :func:`bootstrap_r2`), ``delta_pearson_all``, ``delta_pearson_top100``, ``edist_top100``,
-    ``mmd_top100``, ``edist_pca``, ``mmd_pca``.
+    ``mmd_top100``, ``edist_pca``, ``mmd_pca``, ``wasserstein_top100`` (per-gene 1-D
+    Wasserstein, :func:`wasserstein_genes`) and ``r2_nonzero_top100`` (:func:`r2_nonzero`).
 
     Parameters
     ----------
@@ -436,6 +437,8 @@ def evaluate_prediction(
         "mmd_top100": mmd_rbf(p_d, r_d),
         "edist_pca": energy_distance(p_pca, r_pca),
         "mmd_pca": mmd_rbf(p_pca, r_pca),
+        "wasserstein_top100": wasserstein_genes(p_d, r_d),
+        "r2_nonzero_top100": r2_nonzero(p_d, r_d),
     }
 
 

@@ -19,7 +19,7 @@ from trvae_benchmarks.kang import DEFAULT_METHODS
 from trvae_benchmarks.scale import add_scale_parser
 from trvae_benchmarks.speed import add_bench_parser
 
-DATASETS = ("kang", "mnist", "kang-counts")
+DATASETS = ("kang", "mnist", "kang-counts", "suite")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,7 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="DATASET_OR_PATH",
         help="'kang' (Kang et al. PBMCs, scGen preprocessing), 'mnist' (thin/normal/thick "
         "digits, image style transfer), 'kang-counts' (NB vs ZINB vs MSE trVAE on Kang raw "
-        "counts) or an .h5ad file",
+        "counts), 'suite' (leave-one-group-out on every development set, trVAE vs mean shift; "
+        "--data for your own file) or an .h5ad file",
     )
     p.add_argument("--condition-key", default="condition")
     p.add_argument("--cell-type-key", default="cell_type")
@@ -61,6 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--threads", type=_positive, help="torch CPU threads (default: torch's)")
+    _add_suite_arguments(p)
     add_bench_parser(sub)
     add_scale_parser(sub.choices["bench"])
     sub.choices["bench"].set_defaults(run=_bench)
@@ -72,6 +74,8 @@ def _benchmark(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     if args.dataset == "mnist":
         return _benchmark_mnist(args, argv)
+    if args.dataset == "suite":
+        return _benchmark_suite(args, argv)
     if args.dataset == "kang-counts":  # NB vs ZINB vs MSE on raw counts
         return _benchmark_counts(args, argv)
     if args.dataset in DATASETS:
@@ -104,6 +108,52 @@ def _benchmark_counts(args: argparse.Namespace, argv: Sequence[str]) -> int:
         out_dir=args.out or Path("results") / "kang-counts",
         dataset_name="kang-counts (Kang et al. 2018 raw UMI counts)",
         **_cell_benchmark_kwargs(args, argv),
+    )
+    return 0
+
+
+def _add_suite_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``trvae benchmark suite`` (it shares --condition-key, --quick, ...)."""
+    from trvae_benchmarks.suite import SETS
+
+    g = p.add_argument_group("suite")
+    g.add_argument("--data", metavar="PATH", help="suite: your .h5ad file (log-normalised X)")
+    g.add_argument("--group-key", help="suite: groups held out of --data (default: cell_type)")
+    g.add_argument(
+        "--sets", nargs="+", choices=list(SETS), help="suite: development sets (default: all)"
+    )
+    g.add_argument("--assess", action="store_true", help="suite: also run model.assess per fold")
+    g.add_argument("--min-cells", type=_positive, help="suite: cells per condition (default 30)")
+    g.add_argument("--n-groups", type=_positive, help="suite: held-out groups per set")
+
+
+def _benchmark_suite(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """``trvae benchmark suite``: leave-one-group-out on every development set (or --data)."""
+    from trvae_benchmarks.suite import MIN_CELLS, run_suite
+
+    given = [k for k in ("n_latent", "n_hidden", "alpha", "beta") if getattr(args, k) is not None]
+    if given or list(args.methods) != list(DEFAULT_METHODS) or args.cell_types:
+        raise TRVAEError(
+            "suite runs trVAE with the package defaults: --n-latent, --n-hidden, --alpha, "
+            "--beta, --methods and --cell-types do not apply"
+        )
+    run_suite(
+        sets=args.sets,
+        data=args.data,
+        condition_key=args.condition_key,
+        group_key=args.group_key or args.cell_type_key,
+        control=args.control,
+        out_dir=args.out or Path("results") / "suite",
+        quick=args.quick,
+        assess=args.assess,
+        max_epochs=args.max_epochs,
+        n_boot=args.n_boot,
+        seed=args.seed,
+        min_cells=args.min_cells or MIN_CELLS,
+        n_groups=args.n_groups,
+        n_threads=args.threads,
+        progress_bar=False,
+        command=" ".join(["trvae", *map(shlex.quote, argv)]),
     )
     return 0
 

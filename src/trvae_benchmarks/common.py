@@ -80,6 +80,11 @@ METRIC_TITLES: dict[str, tuple[str, bool]] = {
     "delta_pearson_top100": ("Pearson r of the mean response, top-100 DEGs", False),
     "edist_pca": ("E-distance to the real cells, PCA space (lower is better)", True),
     "edist_top100": ("E-distance to the real cells, top-100 DEGs (lower is better)", True),
+    "wasserstein_top100": (
+        "Per-gene 1-D Wasserstein distance, top-100 DEGs (lower is better)",
+        True,
+    ),
+    "r2_nonzero_top100": ("R² of the fraction of non-zero cells per gene, top-100 DEGs", False),
     "fit_seconds": ("Fit time (s)", True),
     "fit_peak_rss_mb": ("Peak memory increase during the fit (MB)", True),
     "specific_direction": ("Specific genes: fraction predicted in the right direction", False),

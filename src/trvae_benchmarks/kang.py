@@ -74,7 +74,7 @@ LATENT_SUMMARY = summary_spec("mixing_y", "mixing_z", "celltype_knn_y", "celltyp
 #: (metric, title, lower is better) of the report's summary tables.
 SUMMARY = summary_spec(
     "r2_mean_top100", "r2_mean_all", "r2_var_top100", "delta_pearson_top100", "edist_pca",
-    "edist_top100", "fit_seconds", "fit_peak_rss_mb",
+    "edist_top100", "wasserstein_top100", "r2_nonzero_top100", "fit_seconds", "fit_peak_rss_mb",
 )  # fmt: skip
 
 

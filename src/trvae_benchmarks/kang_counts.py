@@ -83,14 +83,17 @@ COUNTS_EPOCHS = 20
 COUNTS_QUICK_EPOCHS = 8
 #: (metric, title, lower is better) of the report's summary tables.
 SUMMARY = summary_spec(
-    "r2_mean_top100", "r2_var_top100", "edist_pca", "delta_pearson_top100", "r2_mean_all",
-    "fit_seconds", r2_mean_all="R² of mean expression, all selected genes",
+    "r2_mean_top100", "r2_var_top100", "edist_pca", "edist_top100", "wasserstein_top100",
+    "r2_nonzero_top100", "delta_pearson_top100", "r2_mean_all", "fit_seconds",
+    r2_mean_all="R² of mean expression, all selected genes",
 )  # fmt: skip
 #: (metric, title, lower is better) of the "which likelihood wins" table.
 WINNER_METRICS = (
     ("r2_mean_top100", "R² mean top-100", False),
     ("r2_var_top100", "R² var top-100", False),
     ("edist_pca", "E-distance PCA", True),
+    ("edist_top100", "E-distance top-100", True),
+    ("wasserstein_top100", "Wasserstein top-100", True),
 )
 
 

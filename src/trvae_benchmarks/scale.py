@@ -118,6 +118,7 @@ def run_scale_bench(
     seed: int = 0,
     chunk_size: int = 16384,
     verbose: bool = True,
+    precision: str = "32",
 ) -> dict:
     """Write (or reuse), train on, predict from and score a synthetic count file, out of core.
 
@@ -141,6 +142,8 @@ def run_scale_bench(
         Seed of the file, the initialisation, the shuffling and the sampling.
     chunk_size
         Cells written at a time.
+    precision
+        ``"32"`` or ``"bf16-mixed"`` for training and prediction (:mod:`trvae.train.precision`).
 
     Returns
     -------
@@ -199,17 +202,20 @@ def run_scale_bench(
                     early_stopping=False,
                     seed=seed,
                     progress_bar=verbose,
+                    precision=precision,
                 )
             cells["train"] = int((~held).sum())
             with timed("predict"):
                 pred = model.predict(
-                    adata[source], STIMULATED, return_mean=False, seed=seed, out=pred_path
-                )
+                    adata[source], STIMULATED, return_mean=False, seed=seed, out=pred_path,
+                    precision=precision,
+                )  # fmt: skip
             cells["predict"] = int(source.sum())
             with timed("residual"):
                 residual = model.predict(
-                    adata[source], STIMULATED, mode="residual", out=residual_path
-                )
+                    adata[source], STIMULATED, mode="residual", out=residual_path,
+                    precision=precision,
+                )  # fmt: skip
             cells["residual"] = int(source.sum())
             with timed("score"):
                 preds = {"trvae": pred, "trvae_residual": residual}
@@ -225,6 +231,7 @@ def run_scale_bench(
         "prediction_path": str(pred_path),
         "threads": n_threads,
         "batch_size": batch_size,
+        "precision": precision,
         "model": {**model_kwargs, "alpha": model.init_params["alpha"]},
         "file_written": written,
         "seconds": times,
@@ -276,7 +283,8 @@ def _report(r: dict, held_out_type: str) -> str:
     lines = [
         "",
         f"trVAE out-of-core scale bench: {r['n_cells']:,} cells x {r['n_genes']:,} genes "
-        f"({r['path']}), NB, {arch}, batch {r['batch_size']}, {r['threads']} thread(s)",
+        f"({r['path']}), NB, {arch}, batch {r['batch_size']}, {r['threads']} thread(s), "
+        f"precision {r.get('precision', '32')}",
         f"{'phase':<8} {'seconds':>9} {'cells':>10} {'cells/s':>9} {'peak RSS MiB':>13}",
     ]
     for name, seconds in r["seconds"].items():
@@ -332,6 +340,7 @@ def add_scale_parser(bench_parser: argparse.ArgumentParser) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     s.add_argument("--quiet", action="store_true", help="only the final report")
+    s.add_argument("--precision", choices=("32", "bf16-mixed"), default="32")
 
 
 def scale_command(args: argparse.Namespace) -> int:
@@ -349,6 +358,7 @@ def scale_command(args: argparse.Namespace) -> int:
         held_out_type=args.held_out_type,
         seed=args.seed,
         verbose=not args.quiet,
+        precision=args.precision,
     )
     if args.quiet:
         print(_report(result, args.held_out_type))

@@ -19,6 +19,12 @@ on synthetic data (about 10% non-zeros, dense or CSR-sparse), it measures
 All of it runs on one device (``accelerator``: the CPU, or a GPU when there is one); on a GPU
 the timings include moving the batches there and the results back.
 
+With ``precision="bf16-mixed"`` (``--precision bf16-mixed``) every configuration is measured
+twice in the same run, at ``"32"`` and under bfloat16 autocast (:mod:`trvae.train.precision`),
+on fresh models of the same seed; the bfloat16 GEMM rate (``torch.mm`` of bfloat16 matrices) is
+measured too, each row's fractions are of its own precision's GEMM rate, and ``x fp32`` columns
+give the speed-up of the bfloat16 row over the fp32 row.
+
 Nothing here is a test: the numbers depend on the machine and its load.
 """
 
@@ -39,6 +45,10 @@ from torch import nn
 from trvae_benchmarks.common import torch_threads
 
 __all__ = ["gemm_gflops", "linear_flops", "run_speed_bench", "synthetic_data"]
+
+PRECISIONS = ("32", "bf16-mixed")
+#: Extra columns of a ``precision="bf16-mixed"`` run (the default run prints :data:`COLUMNS`).
+PRECISION_COLUMNS = ("precision", "train x fp32", "predict x fp32")
 
 PAPER_MODEL: dict = {"n_hidden": (800, 800), "n_latent": 40, "n_mmd": 128}
 BATCH_SIZE, GENES, FORMATS, DENSITY = 512, (2000, 7000), ("dense", "csr"), 0.1
@@ -72,12 +82,18 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def gemm_gflops(n: int = GEMM_SIZE, repeats: int = 5, device: torch.device | str = "cpu") -> float:
-    """Best fp32 ``torch.mm`` rate of two ``n x n`` matrices over ``repeats`` runs, GFLOP/s."""
+def gemm_gflops(
+    n: int = GEMM_SIZE,
+    repeats: int = 5,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> float:
+    """Best ``torch.mm`` rate of two ``n x n`` matrices of ``dtype`` over ``repeats`` runs,
+    GFLOP/s."""
     device = torch.device(device)
     gen = torch.Generator().manual_seed(0)
-    a, b = (torch.randn(n, n, generator=gen).to(device) for _ in range(2))
-    out = torch.empty(n, n, device=device)
+    a, b = (torch.randn(n, n, generator=gen).to(device, dtype) for _ in range(2))
+    out = torch.empty(n, n, device=device, dtype=dtype)
     torch.mm(a, b, out=out)  # warm-up
     best = math.inf
     for _ in range(repeats):
@@ -115,7 +131,13 @@ def synthetic_data(
 
 
 def _time_training(
-    model, steps: int, warmup_steps: int, batch_size: int, seed: int, device: torch.device
+    model,
+    steps: int,
+    warmup_steps: int,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    precision: str = "32",
 ) -> tuple:
     """(seconds, steps) of :class:`TrainingPlan` fits on ``device``: a warm-up fit, then the
     timed one."""
@@ -126,13 +148,14 @@ def _time_training(
     per_epoch = len(data) // batch_size
     none = np.array([], dtype=int)
     fit = {"seed": seed, "progress_bar": False, "device": device}
+    plan_kwargs = {"batch_size": batch_size, "early_stopping": False, "precision": precision}
     with on_device(model.module, device):
         if warmup_steps:
             warm_idx = np.arange(min(len(data), warmup_steps * batch_size))
-            plan = TrainingPlan(max_epochs=1, batch_size=batch_size, early_stopping=False)
+            plan = TrainingPlan(max_epochs=1, **plan_kwargs)
             plan.fit(model.module, data, warm_idx, none, **fit)
         epochs = max(1, math.ceil(steps / per_epoch))
-        plan = TrainingPlan(max_epochs=epochs, batch_size=batch_size, early_stopping=False)
+        plan = TrainingPlan(max_epochs=epochs, **plan_kwargs)
         _sync(device)
         t0 = time.perf_counter()
         plan.fit(model.module, data, np.arange(per_epoch * batch_size), none, **fit)
@@ -140,10 +163,13 @@ def _time_training(
         return time.perf_counter() - t0, epochs * per_epoch
 
 
-def _time_prediction(model, adata: AnnData, accelerator: str, batch_size: int) -> float:
+def _time_prediction(
+    model, adata: AnnData, accelerator: str, batch_size: int, precision: str = "32"
+) -> float:
     """Seconds of ``model.predict(adata, ..., mode="decode")`` after a small warm-up."""
     target = model.conditions_[-1]
     predict = {"mode": "decode", "accelerator": accelerator, "batch_size": batch_size}
+    predict["precision"] = precision
     model.predict(adata[: 2 * batch_size], target, **predict)
     t0 = time.perf_counter()
     model.predict(adata, target, **predict)
@@ -167,6 +193,7 @@ def run_speed_bench(
     accelerator: str = "auto",
     predict_cells: int | None = None,
     predict_batch_size: int = 1024,
+    precision: str = "32",
 ) -> tuple[pd.DataFrame, float]:
     """Measure training and prediction throughput; returns (table, GEMM GFLOP/s) and prints both.
 
@@ -193,11 +220,18 @@ def run_speed_bench(
     predict_cells, predict_batch_size
         Cells predicted in the timed :meth:`~trvae.TRVAE.predict` (default: the training cells;
         a GPU needs far more to be timed beyond its launch overheads) and its batch size.
+    precision
+        ``"32"``, or ``"bf16-mixed"``: every configuration at ``"32"`` and at ``"bf16-mixed"``,
+        with the bfloat16 GEMM rate; the table then has :data:`PRECISION_COLUMNS` as well and
+        ``table.attrs["gemm_gflops"]`` holds both GEMM rates.
     """
     from trvae.model import TRVAE
     from trvae.train.devices import resolve_devices
+    from trvae.train.precision import check_precision
 
     model_kwargs = {**PAPER_MODEL, **(model_kwargs or {})}
+    precisions = ("32",) if check_precision(precision) == "32" else PRECISIONS
+    columns = COLUMNS if len(precisions) == 1 else _with_precision(COLUMNS)
     rows = []
     with torch_threads(n_threads) as n_threads:
         device = resolve_devices(accelerator, 1).device()
@@ -206,12 +240,17 @@ def run_speed_bench(
             if device.type == "cuda"
             else f"{device.type}, {n_threads} threads"
         )
-        gemm = gemm_gflops(gemm_size, device=device)
+        gemms = {"32": gemm_gflops(gemm_size, device=device)}
+        if "bf16-mixed" in precisions:
+            gemms["bf16-mixed"] = gemm_gflops(gemm_size, device=device, dtype=torch.bfloat16)
+        gemm = gemms["32"]
         if verbose:
-            print(
-                f"fp32 GEMM (torch.mm {gemm_size}x{gemm_size}, {where}): {gemm:.1f} GFLOP/s",
-                flush=True,
-            )
+            for p, rate in gemms.items():
+                name = "fp32" if p == "32" else "bf16"
+                print(
+                    f"{name} GEMM (torch.mm {gemm_size}x{gemm_size}, {where}): {rate:.1f} GFLOP/s",
+                    flush=True,
+                )
         n_cells = steps_per_epoch * batch_size
         n_predict = int(predict_cells or n_cells)
         for n_genes in genes:
@@ -221,46 +260,63 @@ def run_speed_bench(
                 adata = synthetic_data(
                     n_cells, n_genes, fmt, density, seed, counts=likelihood != "mse"
                 )
-                model = TRVAE(
-                    adata, condition_key="condition", likelihood=likelihood, seed=seed,
-                    **model_kwargs,
-                )  # fmt: skip
-                seconds, n_steps = _time_training(
-                    model, steps, warmup_steps, batch_size, seed, device
-                )
-                flops = 3 * linear_flops(model.module, batch_size) * n_steps
                 to_predict = adata
                 if n_predict != n_cells:
                     counts = likelihood != "mse"
                     to_predict = synthetic_data(n_predict, n_genes, fmt, density, seed, counts)
-                pred_s = _time_prediction(model, to_predict, accelerator, predict_batch_size)
-                cell_flops = linear_flops(model.module, 1)
-                rows.append(
-                    {
+                for p in precisions:  # a fresh model of the same seed for each precision
+                    model = TRVAE(
+                        adata, condition_key="condition", likelihood=likelihood, seed=seed,
+                        **model_kwargs,
+                    )  # fmt: skip
+                    seconds, n_steps = _time_training(
+                        model, steps, warmup_steps, batch_size, seed, device, p
+                    )
+                    pred_s = _time_prediction(model, to_predict, accelerator, predict_batch_size, p)
+                    rate = gemms[p]
+                    flops = 3 * linear_flops(model.module, batch_size) * n_steps
+                    cell_flops = linear_flops(model.module, 1)
+                    row = {
                         "genes": n_genes,
                         "input": fmt,
+                        "precision": p,
                         "train cells/s": n_steps * batch_size / seconds,
                         "train GFLOP/s": flops / seconds / 1e9,
-                        "% of GEMM": 100.0 * flops / seconds / 1e9 / gemm,
+                        "% of GEMM": 100.0 * flops / seconds / 1e9 / rate,
                         "train s/step": seconds / n_steps,
                         "predict cells/s": n_predict / pred_s,
-                        "predict % of GEMM": 100.0 * n_predict * cell_flops / pred_s / 1e9 / gemm,
-                        "predict roofline cells/s": gemm * 1e9 / cell_flops,
+                        "predict % of GEMM": 100.0 * n_predict * cell_flops / pred_s / 1e9 / rate,
+                        "predict roofline cells/s": rate * 1e9 / cell_flops,
                     }
-                )
-                if verbose:
-                    print(_format(pd.DataFrame(rows[-1:], columns=COLUMNS), header=False))
-                del model, adata, to_predict
-    table = pd.DataFrame(rows, columns=COLUMNS)
+                    if len(precisions) > 1:
+                        fp32 = rows[-1] if p != "32" else row
+                        row["train x fp32"] = row["train cells/s"] / fp32["train cells/s"]
+                        row["predict x fp32"] = row["predict cells/s"] / fp32["predict cells/s"]
+                    rows.append(row)
+                    if verbose:
+                        print(_format(pd.DataFrame(rows[-1:], columns=columns), header=False))
+                    del model
+                del adata, to_predict
+    table = pd.DataFrame(rows, columns=columns)
+    table.attrs["gemm_gflops"] = gemms
     if verbose:
         arch = ", ".join(f"{k}={v}" for k, v in model_kwargs.items())
+        rates = ", ".join(
+            f"{'fp32' if p == '32' else 'bf16'} GEMM {r:.1f} GFLOP/s" for p, r in gemms.items()
+        )
         print(
             f"\ntrVAE speed ({likelihood}, {arch}, batch {batch_size}, {n_steps} timed steps, "
             f"{density:.0%} non-zeros, {where}; {n_predict} cells predicted in batches of "
-            f"{predict_batch_size}; GEMM {gemm:.1f} GFLOP/s)"
+            f"{predict_batch_size}; {rates})"
         )
         print(_format(table))
     return table, gemm
+
+
+def _with_precision(columns: Sequence[str]) -> tuple[str, ...]:
+    """:data:`COLUMNS` with ``precision`` after ``input`` and the speed-ups at the end."""
+    first = list(columns[:2])
+    return (*first, PRECISION_COLUMNS[0], *columns[2:], *PRECISION_COLUMNS[1:])
 
 
 def _format(table: pd.DataFrame, header: bool = True) -> str:
@@ -272,6 +328,8 @@ def _format(table: pd.DataFrame, header: bool = True) -> str:
         "predict cells/s": "{:.0f}".format,
         "predict % of GEMM": "{:.1f}".format,
         "predict roofline cells/s": "{:.0f}".format,
+        "train x fp32": "{:.2f}".format,
+        "predict x fp32": "{:.2f}".format,
     }
     return table.to_string(index=False, header=header, formatters=fmt)
 
@@ -302,6 +360,12 @@ def add_bench_parser(sub) -> None:
     s.add_argument("--accelerator", default="auto", help="auto (default), cpu, gpu/cuda, mps")
     s.add_argument("--predict-cells", type=int, help="cells predicted (default: training cells)")
     s.add_argument("--predict-batch-size", type=int, default=1024)
+    s.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="32",
+        help="bf16-mixed: measure fp32 and bf16-mixed side by side, with both GEMM rates",
+    )
 
 
 def bench_command(args: argparse.Namespace) -> int:
@@ -332,5 +396,6 @@ def bench_command(args: argparse.Namespace) -> int:
         accelerator=args.accelerator,
         predict_cells=args.predict_cells,
         predict_batch_size=args.predict_batch_size,
+        precision=args.precision,
     )
     return 0

@@ -32,6 +32,8 @@ METRICS = {
     "mmd_top100",
     "edist_pca",
     "mmd_pca",
+    "wasserstein_top100",
+    "r2_nonzero_top100",
     "fit_seconds",
     "fit_peak_rss_mb",
 } | {

@@ -50,3 +50,19 @@ def test_synthetic_data_density_and_formats():
     assert abs((dense.X > 0).mean() - 0.1) < 0.01
     counts = synthetic_data(20, 10, "csr", counts=True)
     assert np.array_equal(counts.X.data, np.round(counts.X.data))
+
+
+def test_speed_bf16_mixed_measures_both_precisions(capsys):
+    argv = ["bench", "speed", *TINY, "--genes", "30", "--formats", "dense", "--gemm-size", "64"]
+    argv += ["--steps", "3", "--steps-per-epoch", "3", "--warmup-steps", "1"]
+    assert main([*argv, "--accelerator", "cpu", "--precision", "bf16-mixed"]) == 0
+    out = capsys.readouterr().out
+    assert "fp32 GEMM (torch.mm 64x64" in out and "bf16 GEMM (torch.mm 64x64" in out
+    table = out.split("trVAE speed (")[1].splitlines()[1:]
+    assert table[0].split()[:3] == ["genes", "input", "precision"]
+    assert " ".join(table[0].split()).endswith(
+        "predict roofline cells/s train x fp32 predict x fp32"
+    )
+    rows = [line.split() for line in table[1:] if line.strip()]
+    assert [r[:3] for r in rows] == [["30", "dense", "32"], ["30", "dense", "bf16-mixed"]]
+    assert rows[0][-2:] == ["1.00", "1.00"] and float(rows[1][-2]) > 0

@@ -16,6 +16,7 @@ from trvae.data import validation as V
 from trvae.data.cell_data import CellData
 from trvae.data.h5ad import write_h5ad_chunked
 from trvae.train.devices import on_device, resolve_devices
+from trvae.train.precision import autocast, check_precision
 
 
 class PredictionMixin:
@@ -23,19 +24,25 @@ class PredictionMixin:
 
     @torch.no_grad()
     def _outputs(
-        self, data: CellData, fn, batch_size: int, accelerator: str
+        self, data: CellData, fn, batch_size: int, accelerator: str, precision: str = "32"
     ) -> Iterator[torch.Tensor]:
         """``fn(x, condition, library)`` over ``data`` in batches, on ``accelerator``'s device
-        (the model goes there in eval mode for the call and comes back to the CPU)."""
+        (the model goes there in eval mode for the call and comes back to the CPU), at
+        ``precision`` (:mod:`trvae.train.precision`); float32 results."""
         device = resolve_devices(accelerator, 1).device()
+        precision = check_precision(precision)
         with on_device(self.module.eval(), device):
             for batch in data.batches(np.arange(len(data)), batch_size):
-                yield fn(*(t.to(device, non_blocking=True) for t in batch))
+                with autocast(precision, device):
+                    out = fn(*(t.to(device, non_blocking=True) for t in batch))
+                yield out.float()
 
-    def _run(self, data: CellData, fn, batch_size: int, accelerator: str) -> np.ndarray:
+    def _run(
+        self, data: CellData, fn, batch_size: int, accelerator: str, precision: str = "32"
+    ) -> np.ndarray:
         """The batches of :meth:`_outputs` copied straight into one float32 array."""
         result, start = np.empty((0, 0), dtype=np.float32), 0
-        for chunk in self._outputs(data, fn, batch_size, accelerator):
+        for chunk in self._outputs(data, fn, batch_size, accelerator, precision):
             if start == 0:
                 result = np.empty((len(data), chunk.shape[1]), dtype=np.float32)
             torch.from_numpy(result[start : start + len(chunk)]).copy_(chunk)
@@ -43,17 +50,22 @@ class PredictionMixin:
         return result
 
     def get_latent(
-        self, adata: AnnData, batch_size: int = 1024, accelerator: str = "auto"
+        self,
+        adata: AnnData,
+        batch_size: int = 1024,
+        accelerator: str = "auto",
+        precision: str = "32",
     ) -> np.ndarray:
         """Posterior mean of z for each cell, encoded with its own condition (deterministic).
 
-        ``accelerator`` as in :meth:`train` (``"auto"``: a GPU when there is one).
+        ``accelerator`` and ``precision`` as in :meth:`train` (``"auto"``: a GPU when there is
+        one; ``"bf16-mixed"``: bfloat16 autocast, float32 results).
         """
 
         def fn(x, c, _):
             return self.module.inference(x, c)["z_mean"]
 
-        return self._run(self._cell_data(adata), fn, batch_size, accelerator)
+        return self._run(self._cell_data(adata), fn, batch_size, accelerator, precision)
 
     def get_mmd_layer(
         self,
@@ -61,11 +73,13 @@ class PredictionMixin:
         condition: str | None = None,
         batch_size: int = 1024,
         accelerator: str = "auto",
+        precision: str = "32",
     ) -> np.ndarray:
         """The decoder's first-layer output y, on which the MMD acts.
 
         Cells are encoded with their own condition; y is decoded with ``condition`` when
-        given, else with the cell's own condition. ``accelerator`` as in :meth:`train`.
+        given, else with the cell's own condition. ``accelerator`` and ``precision`` as in
+        :meth:`train`.
         """
         data = self._cell_data(adata)
         target = None if condition is None else self._code(condition)
@@ -75,7 +89,7 @@ class PredictionMixin:
             s = c if target is None else torch.full_like(c, target)
             return self.module.generative(z, s, torch.ones(len(x), device=x.device))["y"]
 
-        return self._run(data, fn, batch_size, accelerator)
+        return self._run(data, fn, batch_size, accelerator, precision)
 
     def predict(
         self,
@@ -88,6 +102,7 @@ class PredictionMixin:
         seed: int = 0,
         out: str | os.PathLike | None = None,
         accelerator: str = "auto",
+        precision: str = "32",
     ) -> AnnData:
         """Carry cells to ``target_condition``: encode with their condition, decode with the target.
 
@@ -126,6 +141,9 @@ class PredictionMixin:
             Where the network runs, as in :meth:`train`: ``"auto"`` (default; a GPU when there
             is one), ``"cpu"``, ``"cuda"``/``"gpu"`` or ``"mps"``. Batches are moved there and
             the results back; the model stays on the CPU between calls.
+        precision
+            ``"32"`` (default) or ``"bf16-mixed"``: the network under bfloat16 autocast; the
+            results are float32 (:mod:`trvae.train.precision`).
 
         Returns
         -------
@@ -171,9 +189,9 @@ class PredictionMixin:
             torch.manual_seed(seed)
             if out is not None:
                 counts = values == "sample" and likelihood in V.COUNT_LIKELIHOODS
-                batches = self._outputs(data, fn, batch_size, accelerator)
+                batches = self._outputs(data, fn, batch_size, accelerator, precision)
                 return self._write_prediction(batches, out, obs, var, uns, counts)
-            pred = self._run(data, fn, batch_size, accelerator)
+            pred = self._run(data, fn, batch_size, accelerator, precision)
         result = AnnData(pred, obs=obs, var=var)
         result.uns.update(uns)
         return result

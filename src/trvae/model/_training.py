@@ -14,8 +14,9 @@ from trvae.data import validation as V
 from trvae.data.cell_data import CellData, stratified_split
 from trvae.train import checkpoint
 from trvae.train.devices import on_device, resolve_devices
-from trvae.train.distributed import fit_distributed
+from trvae.train.distributed import fit_distributed, fit_launched, launched_ddp
 from trvae.train.plan import TrainingPlan
+from trvae.train.precision import autocast
 
 if TYPE_CHECKING:
     from trvae.model._trvae import TRVAE
@@ -39,6 +40,7 @@ class TrainingMixin:
         accelerator: str = "auto",
         devices: int | str = "auto",
         strategy: str = "auto",
+        precision: str = "32",
         **plan_kwargs,
     ) -> TRVAE:
         """Fit the model on the AnnData it was created with.
@@ -68,9 +70,16 @@ class TrainingMixin:
             its code under ``if __name__ == "__main__":``.
         strategy
             ``"auto"`` (DDP when ``devices >= 2``) or ``"ddp"``; trvae implements DDP with
-            ``torch.distributed`` itself, not with Lightning.
+            ``torch.distributed`` itself, not with Lightning. In a process started by
+            ``torchrun`` (``RANK``, ``WORLD_SIZE``, ... set, ``WORLD_SIZE > 1``), ``"ddp"`` (or
+            ``devices >= 2``) joins that job instead of spawning processes, on one or several
+            machines; every rank then returns the same trained model.
+        precision
+            ``"32"`` (default) or ``"bf16-mixed"``: forward passes under bfloat16 autocast,
+            weights, loss and MMD in float32 (:mod:`trvae.train.precision`).
         """
         setup = resolve_devices(accelerator, devices, strategy)
+        launch = launched_ddp(devices, strategy)
         data = self._cell_data(self.adata)
         codes = data.conditions.numpy()
         V.check_conditions(pd.Series(codes), self.condition_key, min_cells=2)
@@ -84,6 +93,7 @@ class TrainingMixin:
             lr=lr,
             early_stopping=early_stopping,
             patience=patience,
+            precision=precision,
             **plan_kwargs,
         )
         on_epoch_end, resume_state = None, None
@@ -102,7 +112,10 @@ class TrainingMixin:
             "on_epoch_end": on_epoch_end,
             "resume_state": resume_state,
         }
-        if setup.distributed:  # rank 0's best weights come back into self.module, on CPU
+        if launch is not None:  # torchrun: this process is one rank of the job
+            args = (plan, self.module, train_data, train_idx, val_idx, setup.device_type, launch)
+            self.history = fit_launched(*args, **fit_kwargs)
+        elif setup.distributed:  # rank 0's best weights come back into self.module, on CPU
             self.history = fit_distributed(
                 plan, self.module, train_data, train_idx, val_idx, setup, **fit_kwargs
             )
@@ -112,7 +125,7 @@ class TrainingMixin:
                 self.history = plan.fit(
                     self.module, train_data, train_idx, val_idx, device=device, **fit_kwargs
                 )
-        self._fit_noise_model(data, train_idx)
+        self._fit_noise_model(data, train_idx, precision=plan.precision)
         self.is_trained = True
         return self
 
@@ -131,7 +144,9 @@ class TrainingMixin:
         return CellData(data.x, joint, data.gene_order, row_map=data.row_map)
 
     @torch.no_grad()
-    def _fit_noise_model(self, data: CellData, idx: np.ndarray, batch_size: int = 1024) -> None:
+    def _fit_noise_model(
+        self, data: CellData, idx: np.ndarray, batch_size: int = 1024, precision: str = "32"
+    ) -> None:
         """Record the per-gene residual SD (the MSE head's noise) and the smallest value.
 
         Count likelihoods need neither a pass nor an SD: their floor is 0 counts.
@@ -143,8 +158,9 @@ class TrainingMixin:
         sq_sum = torch.zeros(self.module.n_input, dtype=torch.float64)
         x_min = float("inf")
         for x, c, lib in data.batches(idx, batch_size):
-            z = self.module.inference(x, c)["z_mean"]
-            mean = self.module.generative(z, c, lib)["mean"]
+            with autocast(precision, "cpu"):  # the module's outputs are float32
+                z = self.module.inference(x, c)["z_mean"]
+                mean = self.module.generative(z, c, lib)["mean"]
             sq_sum += ((x - mean) ** 2).sum(0, dtype=torch.float64)
             x_min = min(x_min, float(x.min()))
         self.module.residual_sd.copy_((sq_sum / max(len(idx), 1)).sqrt())

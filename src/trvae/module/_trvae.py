@@ -176,7 +176,8 @@ class TRVAEModule(nn.Module):
         if self.likelihood != "mse":
             x = torch.log1p(x)
         h = self.encoder(torch.cat([x, self._onehot(condition)], dim=1))
-        mean, logvar = self.z_mean(h), self.z_logvar(h).clamp(-15.0, 15.0)
+        # .float(): float32 outputs under bf16 autocast (trvae.train.precision); no-op otherwise
+        mean, logvar = self.z_mean(h).float(), self.z_logvar(h).float().clamp(-15.0, 15.0)
         z = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar) if self.training else mean
         return {"z_mean": mean, "z_logvar": logvar, "z": z}
 
@@ -187,16 +188,16 @@ class TRVAEModule(nn.Module):
         onehot = self._onehot(condition)
         y = self.mmd_layer(torch.cat([z, onehot], dim=1))
         h = self.decoder(y, onehot)
-        out = {"y": y}
+        out = {"y": y.float()}  # float32 outputs, also under bf16 autocast
         if self.likelihood == "mse":
-            out["mean"] = self.output(h)
+            out["mean"] = self.output(h).float()
             return out
         if library is None:
             raise ValueError("count likelihoods need the library size of each cell")
-        out["mean"] = library[:, None] * torch.softmax(self.output(h), dim=-1)
+        out["mean"] = library[:, None] * torch.softmax(self.output(h).float(), dim=-1)
         out["theta"] = torch.exp(self.log_theta).expand_as(out["mean"])
         if self.likelihood == "zinb":
-            out["dropout_logits"] = self.dropout_logits(h)
+            out["dropout_logits"] = self.dropout_logits(h).float()
         return out
 
     def forward(

@@ -18,6 +18,7 @@ magnitude around the unit scale, because the layer it acts on has a learnt scale
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,18 @@ from trvae._errors import check_option
 DEFAULT_BANDWIDTHS: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0)
 ESTIMATORS = ("biased", "unbiased")
 GROUPINGS = ("within", "shared")
+
+
+def _float32(y: torch.Tensor):
+    """A block without autocast when ``y``'s device type autocasts (bf16-mixed precision), so
+    that the kernel's matrix products and sums stay float32; nothing otherwise."""
+    kind = y.device.type
+    try:
+        autocasting = torch.is_autocast_enabled(kind)
+    except TypeError:  # torch < 2.4: no device-type argument
+        cpu = kind == "cpu"
+        autocasting = torch.is_autocast_cpu_enabled() if cpu else torch.is_autocast_enabled()
+    return torch.autocast(kind, enabled=False) if autocasting else nullcontext()
 
 
 def pairwise_sq_dists(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -102,9 +115,11 @@ def mmd_pair_matrix(
     The ``(n_conditions, n_conditions)`` matrix of squared MMDs and a boolean vector that says
     which conditions are present in the batch (rows/columns of absent ones are zero).
     """
-    onehot = F.one_hot(condition, n_conditions).to(y.dtype)
-    sums = onehot.T @ rbf_kernel(y, y, bandwidths) @ onehot
-    return _pairs_from_sums(sums, onehot.sum(0), estimator)
+    with _float32(y):
+        y = y.float()
+        onehot = F.one_hot(condition, n_conditions).to(y.dtype)
+        sums = onehot.T @ rbf_kernel(y, y, bandwidths) @ onehot
+        return _pairs_from_sums(sums, onehot.sum(0), estimator)
 
 
 def mmd_all_pairs(
@@ -131,6 +146,23 @@ def mmd_all_pairs(
       compared with themselves only, so it also aligns the groups with one another.
     """
     check_option("grouping", grouping, GROUPINGS)
+    with _float32(y):
+        return _mmd_all_pairs(
+            y.float(), condition, n_conditions, bandwidths, estimator, group, n_groups, grouping
+        )
+
+
+def _mmd_all_pairs(
+    y: torch.Tensor,
+    condition: torch.Tensor,
+    n_conditions: int,
+    bandwidths: Sequence[float],
+    estimator: str,
+    group: torch.Tensor | None,
+    n_groups: int,
+    grouping: str,
+) -> torch.Tensor:
+    """:func:`mmd_all_pairs` on a float32 ``y``, outside autocast."""
     if group is None:
         pairs, _ = mmd_pair_matrix(y, condition, n_conditions, estimator, bandwidths)
         return pairs.triu(1).sum()

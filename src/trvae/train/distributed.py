@@ -20,11 +20,19 @@ data), and this module adds what Lightning's DDP strategy would:
   (on-disk) matrix is sent as its file name and reopened read-only in each process.
 - A script that trains with ``devices >= 2`` must keep its top-level code under
   ``if __name__ == "__main__":``, because spawned processes import the main module.
+
+Launched by ``torchrun`` (or any launcher that sets the ``env://`` variables ``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; see :func:`launched_ddp`),
+nothing is spawned: every process of the job runs the same script, and ``train(...,
+strategy="ddp")`` (or ``devices >= 2``) joins the job's process group from the environment
+(:func:`fit_launched`), on one or many machines. The training is the same as above; at the end
+rank 0's weights are broadcast, so every process returns the same trained model.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import pickle
 import tempfile
 from dataclasses import dataclass
@@ -277,4 +285,121 @@ def fit_distributed(
     module.eval()
     history = pd.DataFrame(result["history"], columns=result["columns"])
     history.attrs["best_epoch"] = result["best_epoch"]
+    return history
+
+
+# ---------------------------------------------------------------------- launched by torchrun
+#: The variables of ``env://`` rendezvous that torchrun (and Slurm / Kubernetes launchers) set.
+LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@dataclass(frozen=True)
+class LaunchedDDP:
+    """This process's place in a job started by an external launcher (from the environment)."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+
+
+def launched_ddp(devices: int | str = "auto", strategy: str = "auto") -> LaunchedDDP | None:
+    """The job this process belongs to, when an external launcher started it and DDP is asked.
+
+    ``None`` unless all of :data:`LAUNCH_VARIABLES` are set, ``WORLD_SIZE > 1`` and the
+    arguments ask for DDP: ``strategy="ddp"``, or ``devices >= 2``. A number of ``devices``
+    must then equal the processes on this machine (``LOCAL_WORLD_SIZE``, torchrun's
+    ``--nproc-per-node``), as in Lightning; ``"auto"`` takes them as they are.
+
+    Raises
+    ------
+    TRVAEError
+        For a number of ``devices`` that is not the launcher's processes per machine.
+    """
+    env = os.environ
+    if not all(env.get(name) for name in LAUNCH_VARIABLES) or int(env["WORLD_SIZE"]) < 2:
+        return None
+    n = int(devices) if str(devices).strip().isdigit() else None
+    if str(strategy).lower() != "ddp" and (n is None or n < 2):
+        return None
+    local_world = int(env.get("LOCAL_WORLD_SIZE", 1))
+    if n is not None and n != local_world:
+        raise TRVAEError(
+            f"devices={n} but the launcher started {local_world} process(es) on this machine "
+            "(LOCAL_WORLD_SIZE); pass devices='auto' or the launcher's --nproc-per-node"
+        )
+    return LaunchedDDP(
+        int(env["RANK"]), int(env["WORLD_SIZE"]), int(env["LOCAL_RANK"]), local_world
+    )
+
+
+def _broadcast_state(module: torch.nn.Module) -> None:
+    """Give every rank rank 0's parameters and buffers (one broadcast per dtype)."""
+    groups: dict[torch.dtype, list[torch.Tensor]] = {}
+    for tensor in (*module.parameters(), *module.buffers()):
+        groups.setdefault(tensor.dtype, []).append(tensor)
+    with torch.no_grad():
+        for tensors in groups.values():
+            flat = torch.cat([t.detach().reshape(-1) for t in tensors])
+            dist.broadcast(flat, 0)
+            values = flat.split([t.numel() for t in tensors])
+            for tensor, value in zip(tensors, values, strict=True):
+                tensor.copy_(value.view_as(tensor))
+
+
+def fit_launched(
+    plan: TrainingPlan,
+    module: torch.nn.Module,
+    data: CellData,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    device_type: str,
+    launch: LaunchedDDP,
+    seed: int = 0,
+    progress_bar: bool = True,
+    on_epoch_end=None,
+    resume_state: dict | None = None,
+) -> pd.DataFrame:
+    """Train ``module`` as rank ``launch.rank`` of a job started by torchrun (``env://``).
+
+    The default process group is initialised from the environment (``gloo`` on CPU, ``nccl``
+    on CUDA, GPU ``LOCAL_RANK``) unless the script did so already, and destroyed afterwards if
+    it was initialised here. Every rank must call this with the same data, split and seed. The
+    module ends on the CPU holding rank 0's best weights, on every rank; the history (the same
+    on every rank) is returned. Checkpoints are written by rank 0.
+    """
+    device = torch.device("cpu")
+    if device_type == "cuda":
+        device = torch.device("cuda", launch.local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    elif device_type != "cpu":
+        raise TRVAEError(f"DDP needs accelerator 'cpu' or 'cuda', not {device_type!r}")
+    owned = not dist.is_initialized()
+    if owned:
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, init_method="env://", timeout=_TIMEOUT)
+    elif dist.get_world_size() != launch.world_size:
+        raise TRVAEError(
+            f"the process group has {dist.get_world_size()} ranks but WORLD_SIZE is "
+            f"{launch.world_size}"
+        )
+    try:
+        module.to(device)
+        history = plan.fit(
+            module,
+            data,
+            train_idx,
+            val_idx,
+            seed=seed,
+            progress_bar=progress_bar,
+            on_epoch_end=on_epoch_end,
+            resume_state=resume_state,
+            device=device,
+            distributed=True,
+        )
+        _broadcast_state(module)
+    finally:
+        module.cpu()
+        if owned:
+            dist.destroy_process_group()
     return history

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from trvae.data.cell_data import CellData
 from trvae.module import TRVAEModule
 from trvae.train import checkpoint
+from trvae.train.precision import autocast, check_precision
 
 LOSS_TERMS = ("loss", "reconstruction", "kl", "mmd")
 
@@ -42,6 +43,9 @@ class TrainingPlan:
         improvement of the validation loss.
     kl_warmup
         Epochs over which the KL weight ramps linearly from 0 to ``alpha``.
+    precision
+        ``"32"`` or ``"bf16-mixed"``: the forward pass of every training step and of the
+        validation pass under bfloat16 autocast (:mod:`trvae.train.precision`).
     """
 
     max_epochs: int = 200
@@ -54,6 +58,10 @@ class TrainingPlan:
     lr_patience: int = 8
     lr_factor: float = 0.5
     kl_warmup: int = 0
+    precision: str = "32"
+
+    def __post_init__(self) -> None:
+        self.precision = check_precision(self.precision)
 
     def fit(
         self,
@@ -109,7 +117,7 @@ class TrainingPlan:
         try:
             for epoch in bar:
                 train = self._train_epoch(run, module, data, train_idx, epoch)
-                val = self._validate(run, module, data, val_idx, train)
+                val = self._validate(run, module, data, val_idx, train, self.precision)
                 monitor = self._record(run, module, epoch, train, val, len(val_idx) > 0)
                 bar.set_postfix(loss=f"{monitor:.1f}", best=run.best_epoch)
                 if on_epoch_end is not None:
@@ -190,7 +198,8 @@ class TrainingPlan:
         )
         for batch in batches:
             x, cond, lib = (t.to(run.device, non_blocking=True) for t in batch)
-            terms = run.step(x, cond, lib)
+            with autocast(self.precision, run.device):  # the backward pass runs outside it
+                terms = run.step(x, cond, lib)
             run.optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             run.optimizer.step()
@@ -202,7 +211,12 @@ class TrainingPlan:
 
     @staticmethod
     def _validate(
-        run: _Run, module: TRVAEModule, data: CellData, val_idx: np.ndarray, train: list[float]
+        run: _Run,
+        module: TRVAEModule,
+        data: CellData,
+        val_idx: np.ndarray,
+        train: list[float],
+        precision: str = "32",
     ) -> list[float]:
         """Validation loss sums; under DDP both train and validation sums reduced over ranks."""
         val = []
@@ -210,7 +224,7 @@ class TrainingPlan:
             _broadcast_buffers(module)
         if len(val_idx):
             idx = np.asarray(val_idx)[run.rank :: run.world]
-            val = _loss_sums(module, data, idx, 1024, run.device)
+            val = _loss_sums(module, data, idx, 1024, run.device, precision)
         if run.world > 1:  # one reduction of both: train and validation sums and counts
             both = _all_reduce([*train, *val], run.device)
             train[:], val = both[: len(train)], both[len(train) :]
@@ -359,6 +373,7 @@ def _loss_sums(
     idx: np.ndarray,
     batch_size: int,
     device: torch.device | str | None = None,
+    precision: str = "32",
 ) -> list[float]:
     """Sums over cells ``idx`` of the loss terms (in :data:`LOSS_TERMS` order), then the count."""
     module.eval()
@@ -366,7 +381,8 @@ def _loss_sums(
     sums = dict.fromkeys(LOSS_TERMS, 0.0)
     for batch in data.batches(idx, batch_size):
         x, cond, lib = (t.to(device, non_blocking=True) for t in batch)
-        terms = module.loss(x, cond, lib)
+        with autocast(precision, device):
+            terms = module.loss(x, cond, lib)
         for key in LOSS_TERMS:
             sums[key] += float(terms[key]) * len(x)
     return [*sums.values(), len(idx)]
@@ -378,12 +394,14 @@ def evaluate(
     idx: np.ndarray,
     batch_size: int,
     device: torch.device | str | None = None,
+    precision: str = "32",
 ) -> dict:
     """Mean loss terms over cells ``idx`` in evaluation mode (posterior mean, no dropout).
 
-    Batches go to ``device``, by default the device of ``module``'s parameters.
+    Batches go to ``device``, by default the device of ``module``'s parameters; ``precision``
+    as in :class:`TrainingPlan`.
     """
-    return _means(None, _loss_sums(module, data, idx, batch_size, device))
+    return _means(None, _loss_sums(module, data, idx, batch_size, device, precision))
 
 
 def _means(prefix: str | None, totals: list[float]) -> dict[str, float]:

@@ -1,0 +1,691 @@
+"""Generalisation suite: leave-one-group-out on every development set, trVAE vs mean shifts.
+
+For every data set and every group (cell type) that has both conditions (at least
+:data:`MIN_CELLS` cells per condition on real data), the group's perturbed cells are held out,
+the methods are trained on all other cells, predict the held-out cells from the group's control
+cells and are scored against the real held-out cells with
+:func:`trvae.metrics.evaluate_prediction` on the top-100 DEGs of the real response (Wilcoxon,
+real perturbed vs control cells of that group, as in :mod:`trvae_benchmarks.kang`). With more
+than one perturbation (``three_conditions``) all perturbed cells of the group are held out and
+each perturbation is predicted from the control cells: one scored row per (group,
+perturbation), named ``"group:perturbation"``.
+
+Methods (:data:`METHODS`):
+
+- ``trVAE``: exactly what a user gets, ``trvae.TRVAE(train, condition_key=K,
+  mmd_group_key=G).train(seed=0, progress_bar=False)`` with the package defaults (``quick``
+  lowers ``max_epochs`` only), ``predict(control, target_condition=...)`` default read-out;
+- ``CVAE``: the same with ``beta=0``;
+- ``mean shift (other groups)``: control + mean(target) - mean(control) over the training
+  groups that have both conditions; ``mean shift (all cells)``: the same over all training
+  cells; ``best mean shift``: the better of the two *per metric* and held-out row;
+- ``control``: the control cells unchanged.
+
+Data sets (:data:`SETS`): ``kang`` (:func:`trvae.datasets.kang_pbmc`, log1p), ``kang-counts``
+(:func:`trvae.datasets.kang_counts` log-normalised with :func:`trvae.pp.log_normalize` over
+:data:`N_HVG` highly variable genes chosen on the training cells of each split), the synthetic
+scenarios of :data:`trvae.datasets.SCENARIOS`, and any user file (:func:`file_set`).
+
+Results go to ``out_dir``: ``metrics.csv`` (long format: set, row, group, perturbation, method,
+metric, value), ``report.md`` and ``figures/``. The report's text helpers are in
+:mod:`trvae_benchmarks.suite_report`.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+
+from trvae import TRVAE
+from trvae._errors import TRVAEError
+from trvae._io import read_h5ad
+from trvae.data import validation as V
+from trvae.datasets import SCENARIOS, simulate_perturbation
+from trvae.metrics import evaluate_prediction
+from trvae.pp import log_normalize
+from trvae_benchmarks.baselines import dense, make_method
+from trvae_benchmarks.common import (
+    N_BOOT,
+    select_degs,
+    timed_fit,
+    torch_threads,
+    warm_up,
+    write_metrics,
+)
+
+__all__ = [
+    "BEST",
+    "DEFAULTS_PARAGRAPH",
+    "METHODS",
+    "SETS",
+    "DevSet",
+    "Fold",
+    "add_best_mean_shift",
+    "compare",
+    "counts_set",
+    "eligible_groups",
+    "file_set",
+    "headline",
+    "hold_out",
+    "load_set",
+    "run_suite",
+    "win_tie_lose",
+]
+
+#: Data sets of a full run, in report order.
+SYNTHETIC = tuple(SCENARIOS)
+SETS = ("kang", "kang-counts", *SYNTHETIC)
+#: Cells per condition a group of a real data set needs to be held out (synthetic: 2).
+MIN_CELLS = 30
+#: Highly variable genes of ``kang-counts``, chosen on each split's training cells.
+N_HVG = 2000
+#: ``quick=True``: held-out groups per set, the epoch budget (the only training setting the
+#: suite ever changes), bootstrap replicates and the synthetic sets' size.
+QUICK_GROUPS, QUICK_EPOCHS, QUICK_N_BOOT = 2, 10, 10
+QUICK_SIM = {"n_genes": 200, "cells_per_group": 100}
+
+TRVAE_NAME, CVAE_NAME = "trVAE", "CVAE"
+MS_GROUPS, MS_ALL = "mean shift (other groups)", "mean shift (all cells)"
+BEST = "best mean shift"
+METHODS = (TRVAE_NAME, CVAE_NAME, BEST, MS_GROUPS, MS_ALL, "control")
+#: Metrics where lower is better (all others: higher is better).
+LOWER_BETTER = frozenset(
+    {"edist_top100", "edist_pca", "mmd_top100", "mmd_pca", "wasserstein_top100", "fit_seconds"}
+)
+#: Metrics "best mean shift" picks per held-out row (bootstrap SDs and timings are not scores).
+SCORE_METRICS = (
+    "r2_mean_top100", "r2_mean_all", "r2_var_top100", "r2_var_all", "delta_pearson_top100",
+    "delta_pearson_all", "edist_top100", "edist_pca", "mmd_top100", "mmd_pca",
+    "wasserstein_top100", "r2_nonzero_top100",
+)  # fmt: skip
+#: The headline: trVAE beats the better mean shift on both of these.
+HEADLINE_METRICS = ("delta_pearson_top100", "edist_top100")
+#: Tie tolerance per metric: ("abs", t) ties when |a - b| < t; ("rel", t) when
+#: |a - b| < t * max(|a|, |b|) (E-distances and Wasserstein differ in scale between sets).
+TIES: dict[str, tuple[str, float]] = {
+    "delta_pearson_top100": ("abs", 0.005),
+    "r2_mean_top100": ("abs", 0.005),
+    "r2_var_top100": ("abs", 0.005),
+    "r2_nonzero_top100": ("abs", 0.005),
+    "edist_top100": ("rel", 0.02),
+    "edist_pca": ("rel", 0.02),
+    "wasserstein_top100": ("rel", 0.02),
+}
+#: The report's "Which data informed the defaults" paragraph: edit the wording here.
+DEFAULTS_PARAGRAPH = (
+    "**[LEAD: final wording]** The package defaults that trVAE runs with here (architecture, "
+    "MMD weight and grouping, decoder conditioning, read-out, epochs) were chosen on the "
+    "development sets of this suite (the Kang scGen file, the Kang counts and the synthetic "
+    "scenarios), so their scores are not an independent test of those choices: only a data "
+    "set that played no part in choosing them (``--data``) is."
+)
+COLUMNS = ("set", "row", "group", "perturbation", "method", "metric", "value")
+
+
+# ---------------------------------------------------------------------------------------------
+# Data sets
+
+
+@dataclass
+class DevSet:
+    """One data set of the suite: labels, the groups to hold out, how a fold's data is made.
+
+    ``fold_data(train_mask)`` returns the fold's AnnData (log-normalised ``X``, the same cells
+    as ``adata``) given the cells training may look at; ``None``: ``adata`` itself.
+    """
+
+    name: str
+    adata: AnnData
+    condition_key: str
+    group_key: str
+    control: str
+    perturbations: list[str]
+    groups: list[str]
+    min_cells: int
+    description: str
+    fold_data: Callable[[np.ndarray], AnnData] | None = None
+
+    @property
+    def conds(self) -> np.ndarray:
+        return self.adata.obs[self.condition_key].astype(str).to_numpy()
+
+    @property
+    def group_labels(self) -> np.ndarray:
+        return self.adata.obs[self.group_key].astype(str).to_numpy()
+
+
+def _minimal(adata: AnnData, condition_key: str, group_key: str) -> AnnData:
+    """``adata`` with only the condition and group columns in ``obs`` (string categories)."""
+    conds = V.check_obs_key(adata, condition_key).astype(str)
+    groups = V.check_obs_key(adata, group_key, "group_key").astype(str)
+    obs = pd.DataFrame(
+        {condition_key: pd.Categorical(conds), group_key: pd.Categorical(groups)},
+        index=adata.obs_names.astype(str),
+    )
+    out = AnnData(adata.X, obs=obs, var=pd.DataFrame(index=adata.var_names.astype(str)))
+    out.layers.update({k: v for k, v in adata.layers.items()})
+    return out
+
+
+def eligible_groups(
+    conds: np.ndarray,
+    groups: np.ndarray,
+    control: str,
+    perturbations: Sequence[str],
+    min_cells: int,
+) -> list[str]:
+    """Groups with ``min_cells`` control cells and ``min_cells`` cells of a perturbation, sorted."""
+    table = pd.crosstab(groups, conds)
+    ok = table.get(control, 0) >= min_cells
+    ok &= np.logical_or.reduce([table.get(p, 0) >= min_cells for p in perturbations])
+    return sorted(str(g) for g in table.index[ok])
+
+
+def _make_set(
+    name, adata, condition_key, group_key, control, min_cells, description, fold_data=None,
+    groups=None,
+) -> DevSet:  # fmt: skip
+    """Check the labels and pick the perturbations (every non-control condition) and groups."""
+    V.check_adata(adata)
+    control = str(control)
+    conds = V.check_obs_key(adata, condition_key).astype(str)
+    labels = V.check_obs_key(adata, group_key, "group_key").astype(str)
+    if not (conds == control).any():
+        raise TRVAEError(
+            f"{name}: no cells with {condition_key} == {control!r} (conditions: "
+            f"{', '.join(map(repr, sorted(conds.unique())))})"
+        )
+    perturbations = sorted(set(conds) - {control})
+    if not perturbations:
+        raise TRVAEError(f"{name}: no condition other than the control {control!r}")
+    found = eligible_groups(conds.to_numpy(), labels.to_numpy(), control, perturbations, min_cells)
+    if groups is not None:
+        unknown = sorted(set(map(str, groups)) - set(found))
+        if unknown:
+            raise TRVAEError(f"{name}: groups {unknown} cannot be held out (eligible: {found})")
+        found = [str(g) for g in groups]
+    if not found:
+        raise TRVAEError(
+            f"{name}: no {group_key} group has {min_cells} cells of {control!r} and of a "
+            "perturbation"
+        )
+    return DevSet(
+        name, adata, condition_key, group_key, control, perturbations, found, min_cells,
+        description, fold_data,
+    )  # fmt: skip
+
+
+def counts_set(
+    name: str,
+    counts: AnnData,
+    condition_key: str = "condition",
+    group_key: str = "cell_type",
+    control: str = "control",
+    n_top_genes: int = N_HVG,
+    min_cells: int = MIN_CELLS,
+    description: str = "",
+) -> DevSet:
+    """A raw-count data set: each fold selects ``n_top_genes`` HVGs on its training cells only
+    (:func:`trvae_benchmarks.kang_counts.training_hvgs`), then log-normalises their counts."""
+    from scipy import sparse
+
+    from trvae_benchmarks.kang_counts import hvg_flavor, training_hvgs
+
+    counts = _minimal(counts, condition_key, group_key)
+    x_all = counts.X
+    x_all = sparse.csr_matrix(x_all) if sparse.issparse(x_all) else np.asarray(x_all)
+    flavor = hvg_flavor()
+    index = pd.Index(counts.var_names)
+
+    def fold_data(train_mask: np.ndarray) -> AnnData:
+        genes = training_hvgs(counts, train_mask, n_top_genes, flavor)
+        sub = x_all[:, index.get_indexer(genes)]
+        return AnnData(log_normalize(sub), obs=counts.obs.copy(), var=pd.DataFrame(index=genes))
+
+    text = description or f"{counts.n_obs} cells × {counts.n_vars} genes of raw counts"
+    text += f"; {n_top_genes} HVGs ({flavor}) chosen on each split's training cells, log-normalised"
+    return _make_set(name, counts, condition_key, group_key, control, min_cells, text, fold_data)
+
+
+def file_set(
+    path: str | os.PathLike | AnnData,
+    condition_key: str = "condition",
+    group_key: str = "cell_type",
+    control: str = "control",
+    min_cells: int = MIN_CELLS,
+    name: str | None = None,
+) -> DevSet:
+    """A user's data set (``X`` log-normalised); every non-control condition is a perturbation."""
+    adata = path if isinstance(path, AnnData) else read_h5ad(path)
+    name = name or (Path(path).stem if not isinstance(path, AnnData) else "data")
+    adata = _minimal(adata, condition_key, group_key)
+    text = f"{adata.n_obs} cells × {adata.n_vars} genes, X as given (log-normalised expected)"
+    return _make_set(name, adata, condition_key, group_key, control, min_cells, text)
+
+
+def load_set(name: str, quick: bool = False, sim_settings: dict | None = None) -> DevSet:
+    """The development set ``name`` of :data:`SETS` (``quick``: smaller synthetic sets)."""
+    from trvae import datasets
+
+    if name == "kang":
+        adata = _minimal(datasets.kang_pbmc(), "condition", "cell_type")
+        text = (
+            f"Kang et al. PBMCs, scGen preprocessing: {adata.n_obs} cells × {adata.n_vars} "
+            "genes, log1p"
+        )
+        return _make_set(name, adata, "condition", "cell_type", "control", MIN_CELLS, text)
+    if name == "kang-counts":
+        counts = datasets.kang_counts()
+        text = f"Kang et al. raw UMI counts: {counts.n_obs} cells × {counts.n_vars} genes"
+        return counts_set(name, counts, description=text)
+    if name not in SCENARIOS:
+        raise TRVAEError(f"unknown data set {name!r}; known: {', '.join(SETS)}")
+    settings = dict(QUICK_SIM) if quick else {}
+    sizes = SCENARIOS[name].group_sizes
+    if quick and sizes is not None:  # scale the unequal groups down with the others
+        settings.pop("cells_per_group")
+        settings["group_sizes"] = tuple(max(10, s // 3) for s in sizes)
+    settings.update(sim_settings or {})
+    adata = _minimal(simulate_perturbation(name, **settings), "condition", "cell_type")
+    extra = ", ".join(f"{k}={v}" for k, v in settings.items())
+    text = (
+        f"simulate_perturbation({name!r}{', ' + extra if extra else ''}): {adata.n_obs} cells × "
+        f"{adata.n_vars} genes, log-normalised"
+    )
+    return _make_set(name, adata, "condition", "cell_type", "control", 2, text)
+
+
+# ---------------------------------------------------------------------------------------------
+# Folds
+
+
+@dataclass
+class Fold:
+    """One held-out group: training and source cells, and per perturbation the real cells."""
+
+    group: str
+    held: np.ndarray  # mask of the held-out cells (the group's perturbed cells)
+    train: AnnData
+    ctrl: AnnData
+    ctrl_x: np.ndarray
+    var_names: list[str]
+    real: dict[str, np.ndarray]  # perturbation -> real held-out cells
+    skipped: list[str] = field(default_factory=list)  # perturbations not in training
+
+
+def hold_out(ds: DevSet, group: str) -> Fold:
+    """Hold out ``group``'s perturbed cells (all perturbations) of ``ds``."""
+    conds, labels = ds.conds, ds.group_labels
+    in_group = labels == group
+    held = in_group & (conds != ds.control)
+    data = ds.fold_data(~held) if ds.fold_data is not None else ds.adata
+    train = data[~held].copy()
+    ctrl_mask = in_group & (conds == ds.control)
+    ctrl = data[ctrl_mask].copy()
+    x = data.X
+    var_names = [str(g) for g in data.var_names]
+    trained = set(conds[~held])
+    real, skipped = {}, []
+    for p in ds.perturbations:
+        cells = in_group & (conds == p)
+        if cells.sum() < ds.min_cells:
+            continue
+        if p not in trained:
+            skipped.append(p)
+            continue
+        real[p] = dense(x[np.flatnonzero(cells)])
+    return Fold(
+        group, held, train, ctrl, dense(x[np.flatnonzero(ctrl_mask)]), var_names, real, skipped
+    )
+
+
+def row_name(ds: DevSet, group: str, perturbation: str) -> str:
+    """``group`` with one perturbation, else ``group:perturbation``."""
+    return group if len(ds.perturbations) == 1 else f"{group}:{perturbation}"
+
+
+@dataclass
+class _Config:
+    train_kw: dict
+    seed: int
+    n_boot: int
+    n_threads: int
+    assess: bool
+    max_epochs: int | None
+
+
+def _fit_networks(ds: DevSet, fold: Fold, cfg: _Config) -> dict[str, tuple[TRVAE, float]]:
+    """trVAE and CVAE as a user builds them (package defaults; CVAE: beta=0); (model, seconds)."""
+    out = {}
+    for name, extra in ((TRVAE_NAME, {}), (CVAE_NAME, {"beta": 0.0})):
+        torch.set_num_threads(cfg.n_threads)  # scanpy's DEG test resets it
+        kw = {"seed": cfg.seed} if cfg.seed != 0 else {}
+        model = TRVAE(
+            fold.train, condition_key=ds.condition_key, mmd_group_key=ds.group_key, **kw, **extra
+        )
+        seconds, _ = timed_fit(model.train, rss=False, **cfg.train_kw)
+        out[name] = (model, seconds)
+    return out
+
+
+def _assess(model: TRVAE, ds: DevSet, cfg: _Config) -> tuple[pd.DataFrame, float]:
+    """``model.assess(group_key=G, n_groups=3, seed=0)`` and its run time."""
+    torch.set_num_threads(cfg.n_threads)
+    start = time.perf_counter()
+    result = model.assess(group_key=ds.group_key, n_groups=3, seed=cfg.seed)
+    return result, time.perf_counter() - start
+
+
+def _assess_median(result: pd.DataFrame, perturbation: str) -> float:
+    """Median pseudo-held-out Pearson-Δ, of ``perturbation``'s rows when the table says which."""
+    for col in ("perturbation", "target_condition", "target", "condition"):
+        if col in result.columns and (result[col].astype(str) == perturbation).any():
+            result = result[result[col].astype(str) == perturbation]
+            break
+    values = pd.to_numeric(result["delta_pearson"], errors="coerce")
+    return float(values.median()) if values.notna().any() else float("nan")
+
+
+def _score_fold(ds: DevSet, fold: Fold, cfg: _Config, rows: list, assessed: list) -> dict:
+    """Fit, predict and score every method on one fold; returns the fold's timings."""
+    start = time.perf_counter()
+    nets = _fit_networks(ds, fold, cfg)
+    timing = {
+        "set": ds.name,
+        "group": fold.group,
+        "training cells": fold.train.n_obs,
+        "source cells": fold.ctrl.n_obs,
+        "held-out cells": int(fold.held.sum()),
+        **{f"{name} fit (s)": s for name, (_, s) in nets.items()},
+    }
+    assess_result = None
+    if cfg.assess:
+        assess_result, timing["assess (s)"] = _assess(nets[TRVAE_NAME][0], ds, cfg)
+    score_start = time.perf_counter()
+    for p, real in fold.real.items():
+        row = row_name(ds, fold.group, p)
+        keys = {"set": ds.name, "row": row, "group": fold.group, "perturbation": p}
+        degs = select_degs(real, fold.ctrl_x, fold.var_names, p, ds.control)
+        preds: dict[str, tuple[np.ndarray, float]] = {}
+        for name, (model, seconds) in nets.items():
+            preds[name] = (dense(model.predict(fold.ctrl, target_condition=p).X), seconds)
+        for name, group_key in ((MS_GROUPS, ds.group_key), (MS_ALL, None), ("control", None)):
+            kind = "control" if name == "control" else "mean_shift"
+            method = make_method(
+                kind, condition_key=ds.condition_key, control=ds.control, stimulated=p,
+                cell_type_key=group_key,
+            )  # fmt: skip
+            seconds, _ = timed_fit(method.fit, fold.train, rss=False)
+            preds[name] = (method.predict(fold.ctrl), seconds)
+        for name, (pred, seconds) in preds.items():
+            scores = evaluate_prediction(
+                pred, real, fold.ctrl_x, fold.var_names, degs, n_boot=cfg.n_boot, seed=cfg.seed
+            )
+            scores["fit_seconds"] = seconds
+            if name == TRVAE_NAME and assess_result is not None:
+                scores["assess_delta_pearson"] = _assess_median(assess_result, p)
+                verdict = assess_result.attrs.get("verdict", "")
+                assessed.append(
+                    {**keys, "assess": scores["assess_delta_pearson"], "verdict": verdict}
+                )
+            rows += [
+                {**keys, "method": name, "metric": k, "value": float(v)} for k, v in scores.items()
+            ]
+    timing["scoring (s)"] = time.perf_counter() - score_start
+    timing["fold (s)"] = time.perf_counter() - start
+    return timing
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparisons
+
+
+def add_best_mean_shift(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` plus rows of :data:`BEST`: per (set, row, metric) of :data:`SCORE_METRICS`, the
+    better of the two mean shifts (lower for :data:`LOWER_BETTER`, else higher; NaN loses)."""
+    df = df[df["method"] != BEST]
+    shifts = df[df["method"].isin([MS_GROUPS, MS_ALL]) & df["metric"].isin(SCORE_METRICS)]
+    if shifts.empty:
+        return df.reset_index(drop=True)
+    keys = ["set", "row", "group", "perturbation", "metric"]
+    wide = shifts.set_index([*keys, "method"])["value"].unstack("method")
+    wide = wide.reindex(columns=[MS_GROUPS, MS_ALL])
+    lower = wide.index.get_level_values("metric").isin(sorted(LOWER_BETTER))
+    best = np.where(lower, wide.min(axis=1, skipna=True), wide.max(axis=1, skipna=True))
+    extra = wide.index.to_frame(index=False).assign(method=BEST, value=best)
+    return pd.concat([df, extra[list(COLUMNS)]], ignore_index=True)
+
+
+def compare(a: float, b: float, metric: str) -> int:
+    """+1 when ``a`` beats ``b`` on ``metric`` by more than its :data:`TIES` tolerance, 0 for a
+    tie, -1 when it loses; a NaN ``a`` loses, a NaN ``b`` (with ``a`` finite) is beaten."""
+    if not np.isfinite(a):
+        return 0 if not np.isfinite(b) else -1
+    if not np.isfinite(b):
+        return 1
+    kind, tol = TIES.get(metric, ("abs", 0.0))
+    if kind == "rel":
+        tol *= max(abs(a), abs(b))
+    diff = (b - a) if metric in LOWER_BETTER else (a - b)
+    if abs(diff) < tol:
+        return 0
+    return 1 if diff > 0 else -1
+
+
+def _paired(df: pd.DataFrame, metric: str, a: str, b: str) -> pd.DataFrame:
+    """Rows (set, row) with columns ``a`` and ``b``: the two methods' ``metric``."""
+    sub = df[(df["metric"] == metric) & df["method"].isin([a, b])]
+    return wide_rows(sub, "method").reindex(columns=[a, b])
+
+
+def wide_rows(sub: pd.DataFrame, columns: str) -> pd.DataFrame:
+    """``sub``'s values as (set, row) x ``columns``, rows in ``sub``'s order; no rows dropped."""
+    wide = sub.set_index(["set", "row", columns])["value"].unstack(columns)
+    return wide.reindex(pd.MultiIndex.from_frame(sub[["set", "row"]].drop_duplicates()))
+
+
+def win_tie_lose(df: pd.DataFrame, metric: str, a: str = TRVAE_NAME, b: str = BEST) -> pd.DataFrame:
+    """Per set, how often ``a`` wins, ties and loses against ``b`` on ``metric``."""
+    wide = _paired(df, metric, a, b)
+    result = np.array([compare(x, y, metric) for x, y in zip(wide[a], wide[b], strict=True)])
+    sets = wide.index.get_level_values("set")
+    frame = pd.DataFrame({"set": sets, "r": result})
+    out = frame.groupby("set", sort=False)["r"].agg(
+        win=lambda r: int((r == 1).sum()),
+        tie=lambda r: int((r == 0).sum()),
+        lose=lambda r: int((r == -1).sum()),
+    )
+    return out
+
+
+def headline(df: pd.DataFrame, a: str = TRVAE_NAME, b: str = BEST) -> dict:
+    """The suite's headline numbers from a long metrics table (with :data:`BEST` rows).
+
+    Returns ``fraction`` (of held-out rows where ``a`` beats ``b`` on *both*
+    :data:`HEADLINE_METRICS`, each by more than its tie tolerance), ``wins``, ``rows``,
+    ``per_set`` (set -> (wins, rows)) and ``median_r2`` (set -> {method: median R² of the mean,
+    top-100 DEGs}).
+    """
+    if BEST not in set(df["method"]):
+        df = add_best_mean_shift(df)
+    beats = None
+    for metric in HEADLINE_METRICS:
+        wide = _paired(df, metric, a, b)
+        won = pd.Series(
+            [compare(x, y, metric) == 1 for x, y in zip(wide[a], wide[b], strict=True)],
+            index=wide.index,
+        )
+        beats = won if beats is None else (beats & won.reindex(beats.index, fill_value=False))
+    assert beats is not None
+    per_set = {s: (int(v.sum()), len(v)) for s, v in beats.groupby(level="set", sort=False)}
+    r2 = df[df["metric"] == "r2_mean_top100"]
+    median_r2 = {
+        s: sub.groupby("method")["value"].median().to_dict()
+        for s, sub in r2.groupby("set", sort=False)
+    }
+    n = len(beats)
+    return {
+        "wins": int(beats.sum()),
+        "rows": n,
+        "fraction": float(beats.mean()) if n else float("nan"),
+        "per_set": per_set,
+        "median_r2": median_r2,
+    }
+
+
+def assess_correlation(df: pd.DataFrame) -> dict[str, tuple[float, int]]:
+    """Spearman r between trVAE's median pseudo-held-out Pearson-Δ (``assess``) and its true
+    held-out Pearson-Δ (top-100): overall (key ``"all"``) and per set; (r, rows)."""
+    from scipy.stats import spearmanr
+
+    sub = df[df["method"] == TRVAE_NAME]
+    wide = wide_rows(sub, "metric")
+    if "assess_delta_pearson" not in wide:
+        return {}
+    wide = wide[["assess_delta_pearson", "delta_pearson_top100"]].dropna()
+    out = {}
+    parts = [("all", wide), *wide.groupby(level="set", sort=False)]
+    for name, part in parts:
+        ok = len(part) >= 3 and part.nunique().min() > 1
+        r = spearmanr(part.iloc[:, 0], part.iloc[:, 1])[0] if ok else float("nan")
+        out[str(name)] = (float(r), len(part))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+def run_suite(
+    sets: Sequence[str] | None = None,
+    data: str | os.PathLike | AnnData | None = None,
+    condition_key: str = "condition",
+    group_key: str = "cell_type",
+    control: str = "control",
+    out_dir: str | os.PathLike = "results/suite",
+    quick: bool = False,
+    assess: bool = False,
+    max_epochs: int | None = None,
+    n_boot: int | None = None,
+    seed: int = 0,
+    min_cells: int = MIN_CELLS,
+    n_groups: int | None = None,
+    n_threads: int | None = None,
+    sim_settings: dict | None = None,
+    progress_bar: bool = False,
+    command: str | None = None,
+) -> pd.DataFrame:
+    """Leave-one-group-out on every set; write ``metrics.csv``, ``report.md`` and figures.
+
+    Parameters
+    ----------
+    sets
+        Names from :data:`SETS`; default: all of them, or none when ``data`` is given (the
+        synthetic ones with ``quick``).
+    data, condition_key, group_key, control
+        A user's ``.h5ad`` file (or AnnData) with log-normalised ``X``; every condition other
+        than ``control`` is a perturbation; groups with ``min_cells`` cells per condition.
+    quick
+        :data:`QUICK_GROUPS` held-out groups per set, ``max_epochs`` :data:`QUICK_EPOCHS`,
+        :data:`QUICK_N_BOOT` bootstrap replicates, smaller synthetic sets (:data:`QUICK_SIM`).
+    assess
+        After training each held-out row's trVAE, call ``model.assess(group_key=G, n_groups=3,
+        seed=0)`` and report the rank correlation of its median Pearson-Δ with the true one.
+    max_epochs
+        Override the package default epoch budget (default: the package's; :data:`QUICK_EPOCHS`
+        with ``quick``).
+    n_groups
+        Hold out only the first ``n_groups`` groups of each set (default: all; 2 with quick).
+    n_threads
+        torch CPU threads (default: torch's setting when called).
+    sim_settings
+        :func:`~trvae.datasets.simulate_perturbation` settings of the synthetic sets.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Long format (:data:`COLUMNS`), including the :data:`BEST` rows.
+    """
+    from trvae_benchmarks.suite_report import write_report
+
+    start = time.perf_counter()
+    if assess and not callable(getattr(TRVAE, "assess", None)):
+        raise TRVAEError(
+            "--assess needs trvae.TRVAE.assess(group_key=..., n_groups=..., seed=...), which "
+            "this version of trvae does not have"
+        )
+    if sets is None:
+        sets = [] if data is not None else (list(SYNTHETIC) if quick else list(SETS))
+    unknown = [s for s in sets if s not in SETS]
+    if unknown:
+        raise TRVAEError(f"unknown data set(s) {unknown}; known: {', '.join(SETS)}")
+    if not sets and data is None:
+        raise TRVAEError("nothing to run: give data sets or a data file")
+    n_groups = n_groups or (QUICK_GROUPS if quick else None)
+    max_epochs = max_epochs or (QUICK_EPOCHS if quick else None)
+    train_kw = {"seed": seed, "progress_bar": progress_bar}
+    if max_epochs is not None:
+        train_kw["max_epochs"] = int(max_epochs)
+    out = Path(out_dir)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    dev = [load_set(s, quick, sim_settings) for s in sets]
+    if data is not None:
+        dev.append(file_set(data, condition_key, group_key, control, min_cells))
+    for ds in dev:
+        ds.groups = ds.groups[:n_groups]
+    rows: list[dict] = []
+    assessed: list[dict] = []
+    timings: list[dict] = []
+    n_folds = sum(len(ds.groups) for ds in dev)
+    with torch_threads(n_threads) as threads:
+        cfg = _Config(
+            train_kw, seed, n_boot or (QUICK_N_BOOT if quick else N_BOOT), threads, assess,
+            max_epochs,
+        )  # fmt: skip
+        warm_up(min(ds.adata.n_vars for ds in dev), {})
+        k = 0
+        for ds in dev:
+            for group in ds.groups:
+                k += 1
+                gc.collect()
+                fold = hold_out(ds, group)
+                timing = _score_fold(ds, fold, cfg, rows, assessed)
+                timings.append(timing)
+                write_metrics(out / "metrics.csv", rows, COLUMNS)
+                _print_fold(k, n_folds, ds, fold, rows, timing)
+    df = add_best_mean_shift(pd.DataFrame(rows, columns=list(COLUMNS)))
+    write_metrics(out / "metrics.csv", df.to_dict("records"), COLUMNS)
+    runtime = time.perf_counter() - start
+    write_report(
+        out, df, dev, timings, runtime, cfg, quick=quick, command=command, assessed=assessed
+    )
+    return df
+
+
+def _print_fold(k: int, n: int, ds: DevSet, fold: Fold, rows: list, timing: dict) -> None:
+    """One line per fold: the rows' Pearson-Δ of trVAE and the mean shifts, and the time."""
+    done = pd.DataFrame(rows[-2000:])
+    done = done[(done["set"] == ds.name) & (done["group"] == fold.group)]
+    done = done[done["metric"] == "delta_pearson_top100"]
+    parts = []
+    for row, sub in done.groupby("row", sort=False):
+        v = dict(zip(sub["method"], sub["value"], strict=True))
+        parts.append(
+            f"{row} Δr trVAE={v.get(TRVAE_NAME, np.nan):.3f} "
+            f"ms={np.nanmax([v.get(MS_GROUPS, np.nan), v.get(MS_ALL, np.nan)]):.3f}"
+        )
+    fits = " ".join(f"{m}={timing.get(f'{m} fit (s)', 0):.0f}s" for m in (TRVAE_NAME, CVAE_NAME))
+    print(
+        f"[{k}/{n}] {ds.name} {fold.group}: n_train={fold.train.n_obs} {'; '.join(parts)} "
+        f"(fit {fits}, fold {timing['fold (s)']:.0f}s)",
+        flush=True,
+    )
