@@ -10,7 +10,7 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
-from trvae.model import TRVAE
+from trvae.model import TRVAE, TRVAEEnsemble
 from trvae.module import TRVAEModule
 from trvae.train.distributed import DistributedTrainingError
 
@@ -18,6 +18,7 @@ __all__ = [
     "TRVAE",
     "DistributedTrainingError",
     "ModelLoadError",
+    "TRVAEEnsemble",
     "TRVAEError",
     "TRVAEModule",
     "__version__",

@@ -65,10 +65,11 @@ def write_h5ad(adata, path: str | os.PathLike) -> None:
 
 
 def fsync_dir(directory: Path) -> None:
-    """Flush every file of ``directory`` to disk."""
-    for file in directory.iterdir():
-        with open(file, "rb") as handle:
-            os.fsync(handle.fileno())
+    """Flush every file under ``directory`` to disk."""
+    for file in directory.rglob("*"):
+        if file.is_file():
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
 
 
 def read_h5ad(path: str | os.PathLike):

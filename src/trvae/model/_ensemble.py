@@ -1,0 +1,135 @@
+"""An ensemble of trVAE models across seeds: averaged predictions with a per-gene uncertainty."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from anndata import AnnData
+
+from trvae._errors import ModelLoadError, TRVAEError
+from trvae._io import fsync_dir
+from trvae.model._trvae import TRVAE
+
+_MANIFEST = "ensemble.json"
+
+
+class TRVAEEnsemble:
+    """``n_models`` :class:`TRVAE` models that differ only in their seeds.
+
+    Each member is initialised with seed ``seed + i`` and trained with seed ``seed + i``;
+    :meth:`predict` averages the members' predictions and reports how much they disagree.
+
+    Parameters
+    ----------
+    adata, condition_key
+        As for :class:`TRVAE`.
+    n_models
+        Number of members (>= 2 for an uncertainty).
+    seed
+        Seed of the first member.
+    **model_kwargs
+        Any other argument of :class:`TRVAE`, shared by all members.
+
+    Examples
+    --------
+    >>> import trvae
+    >>> adata = trvae.datasets.simulate_perturbation("shared", n_genes=30, cells_per_group=20)
+    >>> ens = trvae.TRVAEEnsemble(adata, "condition", n_models=2, n_hidden=(16,), n_latent=4)
+    >>> _ = ens.train(max_epochs=2, progress_bar=False, accelerator="cpu")
+    >>> pred = ens.predict(adata[:5], "stimulated", accelerator="cpu")
+    >>> pred.layers["trvae_sd"].shape, "trvae_mean_sd" in pred.var
+    ((5, 30), True)
+    """
+
+    def __init__(
+        self,
+        adata: AnnData,
+        condition_key: str | None = None,
+        n_models: int = 5,
+        seed: int = 0,
+        **model_kwargs,
+    ) -> None:
+        if int(n_models) < 1:
+            raise TRVAEError(f"n_models must be a positive integer, got {n_models}")
+        self.seed, self.n_models = int(seed), int(n_models)
+        self.members = [
+            TRVAE(adata, condition_key=condition_key, seed=self.seed + i, **model_kwargs)
+            for i in range(self.n_models)
+        ]
+
+    def __repr__(self) -> str:
+        return f"TRVAEEnsemble(n_models={self.n_models}, member={self.members[0]!r})"
+
+    def train(self, seed: int | None = None, **train_kwargs) -> TRVAEEnsemble:
+        """Train every member (:meth:`TRVAE.train` arguments), member ``i`` with seed
+        ``seed + i`` (default: the ensemble's seed)."""
+        first = self.seed if seed is None else int(seed)
+        for i, member in enumerate(self.members):
+            member.train(seed=first + i, **train_kwargs)
+        return self
+
+    def predict(self, adata: AnnData, target_condition: str, **predict_kwargs) -> AnnData:
+        """The members' mean prediction, with their disagreement.
+
+        Takes the arguments of :meth:`TRVAE.predict` (not ``out``). X holds the mean over the
+        members of their predictions; ``layers["trvae_sd"]`` the SD over members of each cell's
+        value (float32, cells x genes); ``var["trvae_mean"]`` and ``var["trvae_mean_sd"]`` the
+        mean over members, and the SD, of each member's average over the predicted cells: the
+        per-gene uncertainty of the predicted mean expression. An interval for the mean change
+        of gene g is ``var["trvae_mean"] ± z * var["trvae_mean_sd"]`` minus the control mean.
+        """
+        if predict_kwargs.get("out") is not None:
+            raise TRVAEError("TRVAEEnsemble.predict builds its result in memory: out= is not taken")
+        preds = [m.predict(adata, target_condition, **predict_kwargs) for m in self.members]
+        stack = np.stack([np.asarray(p.X, dtype=np.float32) for p in preds])
+        result = preds[0]
+        result.X = stack.mean(0)
+        sd = stack.std(0, ddof=1) if len(stack) > 1 else np.zeros_like(stack[0])
+        result.layers["trvae_sd"] = sd.astype(np.float32)
+        member_means = stack.mean(1, dtype=np.float64)  # members x genes
+        result.var["trvae_mean"] = member_means.mean(0)
+        sd_means = member_means.std(0, ddof=1) if len(stack) > 1 else np.zeros(stack.shape[2])
+        result.var["trvae_mean_sd"] = sd_means
+        result.uns["trvae_ensemble"] = {"n_models": self.n_models, "seed": self.seed}
+        return result
+
+    def save(self, path: str | Path, overwrite: bool = False) -> None:
+        """Write every member under ``path`` (``member_0`` ...) atomically, with a manifest."""
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise TRVAEError(f"{path} exists; pass overwrite=True to replace it")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        try:
+            for i, member in enumerate(self.members):
+                member.save(tmp / f"member_{i}")
+            manifest = {"n_models": self.n_models, "seed": self.seed}
+            (tmp / _MANIFEST).write_text(json.dumps(manifest))
+            fsync_dir(tmp)
+            backup = path.parent / f".{path.name}.old"
+            if path.exists():  # the old ensemble stays whole until the new one is in place
+                shutil.rmtree(backup, ignore_errors=True)
+                os.replace(path, backup)
+            os.replace(tmp, path)
+            shutil.rmtree(backup, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    @classmethod
+    def load(cls, path: str | Path, adata: AnnData | None = None) -> TRVAEEnsemble:
+        """Load an ensemble written by :meth:`save`."""
+        path = Path(path)
+        try:
+            manifest = json.loads((path / _MANIFEST).read_text())
+            n_models, seed = int(manifest["n_models"]), int(manifest["seed"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ModelLoadError(f"{path} is not a saved TRVAEEnsemble: {err}") from err
+        ensemble = cls.__new__(cls)
+        ensemble.n_models, ensemble.seed = n_models, seed
+        ensemble.members = [TRVAE.load(path / f"member_{i}", adata) for i in range(n_models)]
+        return ensemble

@@ -1,0 +1,61 @@
+"""TRVAEEnsemble: members across seeds, averaged predictions, per-gene uncertainty, save/load."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import trvae
+from trvae import TRVAEEnsemble, TRVAEError
+
+TINY = {"n_hidden": (16,), "n_latent": 4}
+TRAIN = {"max_epochs": 3, "progress_bar": False, "accelerator": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def adata():
+    return trvae.datasets.simulate_perturbation("shared", n_genes=30, cells_per_group=20)
+
+
+@pytest.fixture(scope="module")
+def ensemble(adata):
+    return TRVAEEnsemble(adata, "condition", n_models=3, **TINY).train(**TRAIN)
+
+
+def test_members_differ_only_in_seed(ensemble):
+    seeds = [m.init_params["seed"] for m in ensemble.members]
+    assert seeds == [0, 1, 2]
+    rest = [{k: v for k, v in m.init_params.items() if k != "seed"} for m in ensemble.members]
+    assert rest[0] == rest[1] == rest[2]
+
+
+def test_prediction_is_the_member_mean_with_its_spread(ensemble, adata):
+    control = adata[adata.obs["condition"] == "control"]
+    pred = ensemble.predict(control, "stimulated", accelerator="cpu")
+    members = np.stack(
+        [m.predict(control, "stimulated", accelerator="cpu").X for m in ensemble.members]
+    )
+    np.testing.assert_allclose(pred.X, members.mean(0), rtol=1e-5, atol=1e-6)
+    assert pred.layers["trvae_sd"].shape == control.shape
+    np.testing.assert_allclose(pred.layers["trvae_sd"], members.std(0, ddof=1), atol=1e-5)
+    means = members.mean(1)  # members x genes
+    np.testing.assert_allclose(pred.var["trvae_mean_sd"], means.std(0, ddof=1), atol=1e-5)
+    assert (pred.var["trvae_mean_sd"] > 0).all()  # the seeds disagree somewhat
+    assert list(pred.obs_names) == list(control.obs_names)
+    assert pred.uns["trvae_ensemble"]["n_models"] == 3
+
+
+def test_deterministic_and_save_load(ensemble, adata, tmp_path):
+    again = TRVAEEnsemble(adata, "condition", n_models=3, **TINY).train(**TRAIN)
+    cells = adata[:10]
+    first = ensemble.predict(cells, "stimulated", accelerator="cpu")
+    np.testing.assert_array_equal(first.X, again.predict(cells, "stimulated", accelerator="cpu").X)
+    ensemble.save(tmp_path / "ens")
+    with pytest.raises(TRVAEError, match="exists"):
+        ensemble.save(tmp_path / "ens")
+    loaded = TRVAEEnsemble.load(tmp_path / "ens")
+    np.testing.assert_array_equal(loaded.predict(cells, "stimulated", accelerator="cpu").X, first.X)
+    with pytest.raises(trvae.ModelLoadError):
+        TRVAEEnsemble.load(tmp_path / "missing")
+    with pytest.raises(TRVAEError, match="n_models"):
+        TRVAEEnsemble(adata, "condition", n_models=0)
