@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--condition-key", required=True, help="obs column with the condition")
     p.add_argument("--layer", help="use adata.layers[LAYER] instead of X")
     p.add_argument("--likelihood", choices=("mse", "nb", "zinb"), default="mse")
-    p.add_argument("--max-epochs", type=positive, default=200)
+    p.add_argument("--max-epochs", type=positive, help="default: about 150,000 cells seen")
     p.add_argument("--batch-size", type=positive, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)

@@ -34,7 +34,7 @@ from trvae.data import validation as V
 from trvae.data.cell_data import CellData, stratified_split
 from trvae.model import TRVAE
 from trvae.module import TRVAEModule
-from trvae.train.plan import TrainingPlan
+from trvae.train.plan import TrainingPlan, epoch_budget
 
 __all__ = [
     "CVAE",
@@ -293,6 +293,7 @@ class LatentArithmetic(Method):
         train_idx, val_idx = stratified_split(codes, tkw.pop("validation_fraction", 0.1), seed)
         fit_kw = {k: tkw.pop(k) for k in ("progress_bar",) if k in tkw}
         tkw.pop("seed", None)
+        tkw["max_epochs"] = tkw.get("max_epochs") or epoch_budget(train_adata.n_obs)
         data = CellData(x, np.zeros(train_adata.n_obs, dtype=np.int64))
         self.history = TrainingPlan(**tkw).fit(
             self.module, data, train_idx, val_idx, seed=seed, **fit_kw

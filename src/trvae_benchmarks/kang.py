@@ -59,7 +59,6 @@ __all__ = ["BENCHMARK_MODEL", "DEFAULT_METHODS", "PeakRSS", "run_benchmark"]
 DEFAULT_METHODS = ("trVAE", "CVAE", "trVAE-paper", "scGen", "mean_shift", "control")
 #: Methods whose fit is preceded by an untimed warm-up fit (:func:`~.common.warm_up`).
 WARM_UP_METHODS = ("trVAE", "CVAE", "scGen")
-MAX_EPOCHS = 40
 #: ``quick=True``: NK only, 3 networks x 15 epochs, about 1 minute on 2 CPU cores.
 QUICK_EPOCHS = 15
 #: Latent diagnostics use at most this many cells of the whole data set (seeded subsample).
@@ -146,7 +145,7 @@ def run_benchmark(
     methods
         Names from :data:`trvae_benchmarks.baselines.METHODS`.
     max_epochs
-        Epoch budget of every neural method (default 40, or 15 with ``quick``).
+        Epoch budget of every neural method (default: the package's; 15 with ``quick``).
     model_kwargs, train_kwargs
         Architecture arguments (:class:`trvae.TRVAE`) and training arguments
         (:meth:`trvae.TRVAE.train`), the same for every neural method; they override
@@ -204,12 +203,12 @@ def _prepare(
         raise TRVAEError(f"unknown method(s) {unknown}; known: {', '.join(METHODS)}")
     conds, types, cell_types = check_inputs(adata, *keys, cell_types, quick)
     keys = (keys[0], keys[1], str(keys[2]), str(keys[3]))
-    max_epochs = max_epochs or (QUICK_EPOCHS if quick else MAX_EPOCHS)
+    max_epochs = max_epochs or (QUICK_EPOCHS if quick else None)  # None: the package's budget
     n_boot = n_boots(n_boot, quick)
     model_kwargs = {**BENCHMARK_MODEL, **(model_kwargs or {})}
     kwargs = {**model_kwargs, **train_arguments(train_kwargs, max_epochs, seed, progress_bar)}
     settings = {
-        "max_epochs": max_epochs,
+        "max_epochs": max_epochs or "package default (epoch_budget)",
         "seed": seed,
         "n_boot": n_boot,
         "quick": quick,

@@ -75,10 +75,6 @@ __all__ = [
 COUNT_LIKELIHOODS = ("nb", "zinb", "mse")
 BASELINES = ("mean_shift", "control")
 N_HVG, MIN_CELLS, TARGET_SUM = 2000, 20, 1e4
-#: Epoch budget of the three networks (n_hidden 256-256, batch 64, 2000 genes). Measured on
-#: Kang counts with 1 torch thread on a 2-core machine that ran another job: the 8 cell types x
-#: 3 likelihoods took 14.8 min (a fit: MSE ~20 s, NB ~36 s, ZINB ~45 s; scoring ~15-40 s).
-COUNTS_EPOCHS = 20
 #: ``quick=True``: NK only, 8 epochs, about 1 minute.
 COUNTS_QUICK_EPOCHS = 8
 #: (metric, title, lower is better) of the report's summary tables.
@@ -217,8 +213,8 @@ def run_counts_benchmark(
     n_top_genes, hvg
         Number of highly variable genes and scanpy flavor (default :func:`hvg_flavor`).
     max_epochs
-        Epoch budget of each network (default :data:`COUNTS_EPOCHS`, or
-        :data:`COUNTS_QUICK_EPOCHS` with ``quick``).
+        Epoch budget of each network (default: the package's, :func:`trvae.train.plan.
+        epoch_budget`; :data:`COUNTS_QUICK_EPOCHS` with ``quick``).
     model_kwargs, train_kwargs
         Override :data:`~trvae_benchmarks.common.BENCHMARK_MODEL` and
         :data:`~trvae_benchmarks.common.BENCHMARK_TRAIN` (``likelihood`` and ``layer`` are set
@@ -267,7 +263,7 @@ def _prepare(
         if not cell_types:
             raise TRVAEError(f"no cell type has {min_cells} cells in both conditions")
     conds, types, cell_types = check_inputs(adata, *keys, cell_types, quick)
-    max_epochs = max_epochs or (COUNTS_QUICK_EPOCHS if quick else COUNTS_EPOCHS)
+    max_epochs = max_epochs or (COUNTS_QUICK_EPOCHS if quick else None)  # None: package budget
     model_kwargs = {**BENCHMARK_MODEL, **(model_kwargs or {}), "seed": seed}
     for key in ("likelihood", "layer"):
         model_kwargs.pop(key, None)
@@ -347,7 +343,7 @@ def _score_cell_type(run: _CountsRun, cell_type: str) -> Split:
 def _write_report(run: _CountsRun, df, runtime, dataset_name, command, quick) -> None:
     """Write ``report.md`` and print the winners table."""
     settings = {
-        "max_epochs": run.train_kw["max_epochs"],
+        "max_epochs": run.train_kw["max_epochs"] or "package default (epoch_budget)",
         **{
             k: v for k, v in run.train_kw.items() if k not in ("max_epochs", "seed", "progress_bar")
         },

@@ -11,7 +11,7 @@ import pandas as pd
 from trvae import TRVAE
 from trvae._io import atomic_write_text
 from trvae_benchmarks.common import fmt, markdown, run_lines, save_fig, software_line, table
-from trvae_benchmarks.suite import (
+from trvae_benchmarks.suite_scores import (
     BEST,
     CVAE_NAME,
     DEFAULTS_PARAGRAPH,

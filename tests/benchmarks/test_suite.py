@@ -55,7 +55,8 @@ def spied_run(tmp_path_factory):
             calls.append({"obs": list(adata.obs_names), "kwargs": dict(kwargs)})
             super().__init__(adata, **kwargs, **TINY)  # tiny network: the tests stay fast
 
-        def assess(self, group_key, n_groups, seed):
+        def assess(self, group_key, n_groups, seed, control, **train_kwargs):
+            assert (n_groups, seed, train_kwargs) == (3, 0, {"max_epochs": 1})
             result = pd.DataFrame({"group": ["a", "b", "c"], "delta_pearson": [0.1, 0.5, 0.9]})
             result.attrs["verdict"] = "fine"
             return result
@@ -81,7 +82,7 @@ def test_every_group_held_out_once_and_never_trained_on(spied_run):
     for name, adata in datasets.items():
         cond_key, group_key, control = (
             ("treatment", "celltype", "ctrl")
-            if name == "toy"
+            if name == "data"
             else ("condition", "cell_type", "control")
         )
         conds = adata.obs[cond_key].astype(str).to_numpy()

@@ -206,7 +206,7 @@ def test_predict_output(trained, small):
     pd.testing.assert_series_equal(pred.obs["cell_type"], control.obs["cell_type"])
     assert (control.obs["condition"] == "control").all()  # the caller's obs is unchanged
     info = pred.uns["trvae_prediction"]
-    assert info["values"] == "residual" and info["target_condition"] == "stimulated"
+    assert info["values"] == "quantile" and info["target_condition"] == "stimulated"
     assert info["likelihood"] == "mse" and info["source_condition"] is None
     assert pred.X.dtype == np.float32 and np.isfinite(pred.X).all()
     assert not np.allclose(pred.X, trained.predict(control, "control").X)
@@ -252,7 +252,7 @@ def test_predict_modes(trained, small):
     expected = np.maximum(x + decoded.X - to_self, float(trained.module.x_min))
     np.testing.assert_allclose(residual, expected, rtol=1e-5, atol=1e-5)
     # carrying cells to their own condition leaves them unchanged
-    np.testing.assert_allclose(trained.predict(control, "control").X, x, atol=1e-5)
+    np.testing.assert_allclose(trained.predict(control, "control", mode="residual").X, x, atol=1e-5)
     with pytest.raises(TRVAEError, match="mode must be"):
         trained.predict(control, "stimulated", mode="nonsense")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 
 import anndata
@@ -15,6 +16,7 @@ from trvae._errors import TRVAEError
 from trvae.data import validation as V
 from trvae.data.cell_data import CellData
 from trvae.data.h5ad import write_h5ad_chunked
+from trvae.module import readout
 from trvae.train.devices import on_device, resolve_devices
 from trvae.train.precision import autocast, check_precision
 
@@ -24,15 +26,23 @@ class PredictionMixin:
 
     @torch.no_grad()
     def _outputs(
-        self, data: CellData, fn, batch_size: int, accelerator: str, precision: str = "32"
+        self,
+        data: CellData,
+        fn,
+        batch_size: int,
+        accelerator: str,
+        precision: str = "32",
+        indices: np.ndarray | None = None,
     ) -> Iterator[torch.Tensor]:
-        """``fn(x, condition, library)`` over ``data`` in batches, on ``accelerator``'s device
-        (the model goes there in eval mode for the call and comes back to the CPU), at
-        ``precision`` (:mod:`trvae.train.precision`); float32 results."""
+        """``fn(x, condition, library)`` over ``data`` (its cells ``indices``, default all) in
+        batches, on ``accelerator``'s device (the model goes there in eval mode for the call
+        and comes back to the CPU), at ``precision`` (:mod:`trvae.train.precision`); float32
+        results."""
         device = resolve_devices(accelerator, 1).device()
         precision = check_precision(precision)
+        indices = np.arange(len(data)) if indices is None else indices
         with on_device(self.module.eval(), device):
-            for batch in data.batches(np.arange(len(data)), batch_size):
+            for batch in data.batches(indices, batch_size):
                 with autocast(precision, device):
                     out = fn(*(t.to(device, non_blocking=True) for t in batch))
                 yield out.float()
@@ -128,9 +138,24 @@ class PredictionMixin:
             reconstruction bias, which measurably improves both mean and variance R² (see the
             benchmark reports); ``return_mean`` does not apply to it. For NB/ZINB the result
             is expected counts (not integers).
-            ``"auto"``: ``"residual"`` for MSE, ``"decode"`` for NB/ZINB.
+            ``"quantile"`` (MSE only): each cell keeps its *rank* rather than its deviation.
+            Its residual's level ``u`` under the source condition's residual distribution
+            (per gene, at the level of the decoder's mean; a value at the floor gets a seeded
+            uniform level below the floor's mass) is read off the target condition's residual
+            distribution at the target mean, ``max(x_min, m_t + Q_t(u + eta_g))``, with a
+            per-gene shift ``eta_g`` that gives every gene the residual read-out's mean over
+            the predicted cells (set on at most 4096 of them, seeded; exact below). So the
+            mean is the residual read-out's while the spread follows the target condition:
+            variance R² 0.31 -> 0.57 on Kang (``docs/choosing-parameters.md``). Two passes
+            over the cells; ``return_mean`` does not apply. Needs the tables that training
+            stores in the model (:mod:`trvae.module.readout`): a model saved by an older
+            trvae has none (retrain it, or use ``"residual"``).
+            ``"auto"``: ``"quantile"`` for MSE (``"residual"``, with a warning, for a model
+            without tables), ``"decode"`` for NB/ZINB.
         seed
-            Seed of the sampling when ``return_mean=False``.
+            Seed of the sampling when ``return_mean=False`` and of the floor levels of
+            ``mode="quantile"`` (the same seed gives the same prediction; another seed changes
+            only the genes with values at the floor).
         out
             Write the prediction to this ``.h5ad`` file batch by batch instead of building it in
             memory, and return it opened backed (read-only; close it with ``.file.close()``).
@@ -148,15 +173,12 @@ class PredictionMixin:
         Returns
         -------
         AnnData with the same genes (the model's order) and a copy of ``adata.obs`` in which
-        ``condition_key`` is set to ``target_condition``. ``uns["trvae_prediction"]`` says
-        whether X holds means or samples.
+        ``condition_key`` is set to ``target_condition``. ``uns["trvae_prediction"]["values"]``
+        says what X holds: ``"quantile"``, ``"residual"``, ``"mean"`` or ``"sample"``.
         """
         adata = V.as_anndata(adata)
         likelihood = self.init_params["likelihood"]
-        if mode == "auto":
-            mode = "residual" if likelihood == "mse" else "decode"
-        if mode not in ("decode", "residual"):
-            raise TRVAEError(f"mode must be 'auto', 'decode' or 'residual', got {mode!r}")
+        mode = self._readout_mode(mode, likelihood)
         data = self._cell_data(adata, condition=source_condition)
         target = self._code(target_condition)
         label = self.conditions_[target]
@@ -176,7 +198,9 @@ class PredictionMixin:
         )
         order = V.align_genes(adata, self.var_names)
         var = adata.var.copy() if order is None else adata.var.iloc[order].copy()
-        values = "residual" if mode == "residual" else ("mean" if return_mean else "sample")
+        if mode == "quantile":
+            fn = self._quantile_fn(data, target, seed, batch_size, accelerator, precision)
+        values = mode if mode != "decode" else ("mean" if return_mean else "sample")
         uns = {
             "trvae_prediction": {
                 "target_condition": label,
@@ -195,6 +219,86 @@ class PredictionMixin:
         result = AnnData(pred, obs=obs, var=var)
         result.uns.update(uns)
         return result
+
+    def _readout_mode(self, mode: str, likelihood: str) -> str:
+        """``mode`` of :meth:`predict` checked, ``"auto"`` resolved."""
+        if mode not in ("auto", "decode", "residual", "quantile"):
+            raise TRVAEError(
+                f"mode must be 'auto', 'decode', 'residual' or 'quantile', got {mode!r}"
+            )
+        built = self.module.readout.built
+        if mode == "auto":
+            if likelihood != "mse":
+                return "decode"
+            if built:
+                return "quantile"
+            warnings.warn(
+                "this model has no quantile read-out tables (saved by an older trvae, or not "
+                "trained): predicting with mode='residual'; retrain it for mode='quantile'",
+                UserWarning,
+                stacklevel=3,
+            )
+            return "residual"
+        if mode == "quantile" and likelihood != "mse":
+            raise TRVAEError(f"mode='quantile' is for likelihood='mse', not {likelihood!r}")
+        if mode == "quantile" and not built:
+            raise TRVAEError(
+                "this model has no quantile read-out tables (saved by an older trvae, or not "
+                "trained): retrain it, or predict with mode='residual'"
+            )
+        return mode
+
+    def _quantile_fn(
+        self, data: CellData, target: int, seed: int, batch_size: int, accelerator, precision
+    ):
+        """The batch function of ``mode="quantile"`` (:mod:`trvae.module.readout`), after its
+        first pass: the per-gene shift that matches the residual read-out's mean, set on at
+        most :data:`~trvae.module.readout.MATCH_CELLS` cells (all of them when fewer, then in
+        the same batches with the same floor levels as the second pass)."""
+        module, tables = self.module, self.module.readout
+        cells = np.arange(len(data))
+        if len(data) > readout.MATCH_CELLS:
+            rng = np.random.default_rng([int(seed) % 2**63, len(data)])
+            cells = np.sort(rng.choice(len(data), readout.MATCH_CELLS, replace=False))
+
+        def levels(x, c, lib, start):
+            """Each entry's source level u, the source and the target means."""
+            z = module.inference(x, c)["z_mean"]
+            source = module.generative(z, c, lib)["mean"]
+            to = module.generative(z, torch.full_like(c, target), lib)["mean"]
+            noise = readout.floor_noise(seed, start, tuple(x.shape), x.device)
+            u = readout.source_levels(
+                tables.edges, tables.tables, x, source, c, module.x_min, noise
+            )
+            return u, source, to
+
+        def batch_function(first_pass: bool):
+            position = 0
+
+            def fn(x, c, lib):
+                nonlocal position
+                u, source, to = levels(x, c, lib, position)
+                position += len(x)
+                if first_pass:
+                    residual = (x + to - source).clamp_min(module.x_min)
+                    return torch.cat([u, to, residual], dim=1)
+                cond = torch.full_like(c, target)
+                args = (tables.edges, tables.tables, u, to, cond, module.x_min)
+                return readout.target_values(*args, shift.to(x.device))
+
+            return fn
+
+        first = self._outputs(data, batch_function(True), batch_size, accelerator, precision, cells)
+        parts = [part.cpu() for part in first]
+        if not parts:  # no cells: nothing to match
+            shift = torch.zeros(module.n_input)
+            return batch_function(False)
+        u, to, residual = torch.cat(parts).chunk(3, dim=1)
+        cond = torch.full((len(u),), target, dtype=torch.long)
+        reference = residual.mean(0, dtype=torch.float64).float()
+        args = (tables.edges, tables.tables, u, to, cond, module.x_min)
+        shift = readout.match_shift(*args, reference)
+        return batch_function(False)
 
     @staticmethod
     def _write_prediction(batches, out, obs, var, uns, counts: bool) -> AnnData:

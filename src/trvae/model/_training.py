@@ -12,10 +12,11 @@ import torch
 from trvae._errors import TRVAEError
 from trvae.data import validation as V
 from trvae.data.cell_data import CellData, stratified_split
+from trvae.module import readout
 from trvae.train import checkpoint
 from trvae.train.devices import on_device, resolve_devices
 from trvae.train.distributed import fit_distributed, fit_launched, launched_ddp
-from trvae.train.plan import TrainingPlan
+from trvae.train.plan import TrainingPlan, epoch_budget
 from trvae.train.precision import autocast
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ class TrainingMixin:
 
     def train(
         self,
-        max_epochs: int = 200,
+        max_epochs: int | None = None,
         batch_size: int = 64,
         lr: float = 1e-3,
         early_stopping: bool = True,
@@ -47,7 +48,10 @@ class TrainingMixin:
 
         Parameters
         ----------
-        max_epochs, batch_size, lr, early_stopping, patience
+        max_epochs
+            Upper bound on passes over the cells. Default (``None``): :func:`~trvae.train.plan.
+            epoch_budget`, enough epochs to show the network about 150,000 cells (10 to 200).
+        batch_size, lr, early_stopping, patience
             See :class:`~trvae.train.plan.TrainingPlan`; ``plan_kwargs`` sets its other fields.
         validation_fraction
             Fraction of cells of each condition held out (seeded, shuffled) to monitor the loss,
@@ -87,6 +91,8 @@ class TrainingMixin:
         train_idx, val_idx = stratified_split(
             train_data.conditions.numpy(), validation_fraction, seed
         )
+        if max_epochs is None:
+            max_epochs = epoch_budget(len(data))
         plan = TrainingPlan(
             max_epochs=max_epochs,
             batch_size=batch_size,
@@ -165,3 +171,30 @@ class TrainingMixin:
             x_min = min(x_min, float(x.min()))
         self.module.residual_sd.copy_((sq_sum / max(len(idx), 1)).sqrt())
         self.module.x_min.fill_(x_min)
+        self._fit_readout_tables(data, idx, batch_size, precision)
+
+    @torch.no_grad()
+    def _fit_readout_tables(
+        self, data: CellData, idx: np.ndarray, batch_size: int = 1024, precision: str = "32"
+    ) -> None:
+        """The level-binned residual quantiles of ``predict(mode="quantile")``, per condition,
+        from at most :data:`~trvae.module.readout.TABLE_CELLS` of its cells ``idx`` (seeded)."""
+        rng = np.random.default_rng(self.init_params["seed"])
+        codes = data.conditions.numpy()[idx]
+        edges, tables = [], []
+        for code in range(len(self.conditions_)):
+            cells = idx[codes == code]
+            if len(cells) > readout.TABLE_CELLS:
+                cells = np.sort(rng.choice(cells, readout.TABLE_CELLS, replace=False))
+            recon = [torch.zeros(0, self.module.n_input)]
+            residual = [torch.zeros(0, self.module.n_input)]
+            for x, c, lib in data.batches(cells, batch_size):
+                with autocast(precision, "cpu"):
+                    z = self.module.inference(x, c)["z_mean"]
+                    mean = self.module.generative(z, c, lib)["mean"]
+                recon.append(mean)
+                residual.append(x - mean)
+            cut, table = readout.condition_tables(torch.cat(recon), torch.cat(residual))
+            edges.append(cut)
+            tables.append(table)
+        self.module.readout.set(torch.stack(edges), torch.stack(tables))

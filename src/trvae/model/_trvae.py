@@ -62,7 +62,8 @@ class TRVAE(TrainingMixin, PredictionMixin, AssessmentMixin, SaveLoadMixin):
     likelihood
         ``"mse"``, ``"nb"`` or ``"zinb"``.
     n_latent, n_hidden, n_mmd, dropout, batch_norm
-        Architecture (see :class:`~trvae.module.TRVAEModule`); the defaults are the paper's.
+        Architecture (see :class:`~trvae.module.TRVAEModule`). The paper's, except two hidden
+        layers of 128 rather than 800: as accurate on development data and 3-6x cheaper.
     alpha
         Weight of the KL divergence; default :data:`DEFAULT_ALPHA` (10 for ``"mse"``, 0.1 for
         ``"nb"``/``"zinb"``). The setting that matters most for transfer: a weak KL lets z keep
@@ -123,7 +124,7 @@ class TRVAE(TrainingMixin, PredictionMixin, AssessmentMixin, SaveLoadMixin):
         layer: str | None = None,
         likelihood: str = "mse",
         n_latent: int = 40,
-        n_hidden: Sequence[int] = (800, 800),
+        n_hidden: Sequence[int] = (128, 128),
         n_mmd: int = 128,
         alpha: float | None = None,
         beta: float | None = None,

@@ -17,10 +17,18 @@ from torch import nn
 
 from trvae._errors import check_option
 from trvae.module.likelihoods import nb_log_likelihood, zinb_log_likelihood
-from trvae.module.mmd import DEFAULT_BANDWIDTHS, ESTIMATORS, GROUPINGS, mmd_all_pairs
+from trvae.module.mmd import (
+    DEFAULT_BANDWIDTHS,
+    ESTIMATORS,
+    GROUPINGS,
+    at_least_float32,
+    mmd_all_pairs,
+)
+from trvae.module.readout import QuantileTables
 from trvae.nn.layers import ConditionedMLP, DenseSpec, dense_block, mlp
 
 LIKELIHOODS = ("mse", "nb", "zinb")
+f32 = at_least_float32  # the module's outputs in float32, also under bf16 autocast
 ARCHITECTURES = ("mlp", "conv")
 DECODER_CONDITIONING = ("mmd_layer", "all_layers")
 MMD_ON = ("y", "z")
@@ -163,6 +171,8 @@ class TRVAEModule(nn.Module):
         # model when sampling) and the smallest training value (the floor of predictions)
         self.register_buffer("residual_sd", torch.ones(n_input))
         self.register_buffer("x_min", torch.tensor(float("-inf")))
+        # the residual quantile tables of predict(mode="quantile") (trvae.module.readout)
+        self.readout = QuantileTables()
         if likelihood in ("nb", "zinb"):
             self.log_theta = nn.Parameter(torch.zeros(n_input))
         if likelihood == "zinb":
@@ -176,8 +186,8 @@ class TRVAEModule(nn.Module):
         if self.likelihood != "mse":
             x = torch.log1p(x)
         h = self.encoder(torch.cat([x, self._onehot(condition)], dim=1))
-        # .float(): float32 outputs under bf16 autocast (trvae.train.precision); no-op otherwise
-        mean, logvar = self.z_mean(h).float(), self.z_logvar(h).float().clamp(-15.0, 15.0)
+        # f32: float32 outputs under bf16 autocast (trvae.train.precision); no-op otherwise
+        mean, logvar = f32(self.z_mean(h)), f32(self.z_logvar(h)).clamp(-15.0, 15.0)
         z = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar) if self.training else mean
         return {"z_mean": mean, "z_logvar": logvar, "z": z}
 
@@ -188,16 +198,16 @@ class TRVAEModule(nn.Module):
         onehot = self._onehot(condition)
         y = self.mmd_layer(torch.cat([z, onehot], dim=1))
         h = self.decoder(y, onehot)
-        out = {"y": y.float()}  # float32 outputs, also under bf16 autocast
+        out = {"y": f32(y)}  # float32 outputs, also under bf16 autocast
         if self.likelihood == "mse":
-            out["mean"] = self.output(h).float()
+            out["mean"] = f32(self.output(h))
             return out
         if library is None:
             raise ValueError("count likelihoods need the library size of each cell")
-        out["mean"] = library[:, None] * torch.softmax(self.output(h).float(), dim=-1)
+        out["mean"] = library[:, None] * torch.softmax(f32(self.output(h)), dim=-1)
         out["theta"] = torch.exp(self.log_theta).expand_as(out["mean"])
         if self.likelihood == "zinb":
-            out["dropout_logits"] = self.dropout_logits(h).float()
+            out["dropout_logits"] = f32(self.dropout_logits(h))
         return out
 
     def forward(

@@ -30,6 +30,12 @@ ESTIMATORS = ("biased", "unbiased")
 GROUPINGS = ("within", "shared")
 
 
+def at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32 if it is in a narrower float type (bfloat16 under autocast); itself
+    otherwise (float32, float64: no copy)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def _float32(y: torch.Tensor):
     """A block without autocast when ``y``'s device type autocasts (bf16-mixed precision), so
     that the kernel's matrix products and sums stay float32; nothing otherwise."""
@@ -116,7 +122,7 @@ def mmd_pair_matrix(
     which conditions are present in the batch (rows/columns of absent ones are zero).
     """
     with _float32(y):
-        y = y.float()
+        y = at_least_float32(y)
         onehot = F.one_hot(condition, n_conditions).to(y.dtype)
         sums = onehot.T @ rbf_kernel(y, y, bandwidths) @ onehot
         return _pairs_from_sums(sums, onehot.sum(0), estimator)
@@ -148,7 +154,14 @@ def mmd_all_pairs(
     check_option("grouping", grouping, GROUPINGS)
     with _float32(y):
         return _mmd_all_pairs(
-            y.float(), condition, n_conditions, bandwidths, estimator, group, n_groups, grouping
+            at_least_float32(y),
+            condition,
+            n_conditions,
+            bandwidths,
+            estimator,
+            group,
+            n_groups,
+            grouping,
         )
 
 

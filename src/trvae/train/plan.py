@@ -23,6 +23,24 @@ from trvae.train.precision import autocast, check_precision
 LOSS_TERMS = ("loss", "reconstruction", "kl", "mmd")
 
 
+#: Cells a default fit shows the network (epochs x cells), and the bounds on its epochs.
+CELL_BUDGET, MIN_EPOCHS, MAX_EPOCHS = 150_000, 10, 200
+
+
+def epoch_budget(n_cells: int) -> int:
+    """Default number of epochs for ``n_cells`` cells: ``ceil(150000 / n_cells)`` in [10, 200].
+
+    The budget in cells rather than epochs keeps a default fit's cost about constant: small data
+    sets get more passes, large ones fewer (evidence: ``docs/choosing-parameters.md``).
+
+    Examples
+    --------
+    >>> epoch_budget(4000), epoch_budget(100), epoch_budget(1_000_000)
+    (38, 200, 10)
+    """
+    return int(min(MAX_EPOCHS, max(MIN_EPOCHS, -(-CELL_BUDGET // max(int(n_cells), 1)))))
+
+
 @dataclass
 class TrainingPlan:
     """How a :class:`~trvae.module.TRVAEModule` is fitted.

@@ -1,0 +1,306 @@
+"""The quantile read-out of :meth:`trvae.TRVAE.predict` (``mode="quantile"``, MSE likelihood).
+
+The residual read-out ``x + m_t - m_s`` keeps each cell's own deviation from the decoder's mean
+but carries it over unchanged, so a prediction is as spread as its source cells: the variance
+of a response (responders and non-responders, a wider target distribution) is lost. The
+quantile read-out carries each cell's *rank* instead of its deviation:
+
+1. **Tables** (:func:`condition_tables`, once after training, on at most :data:`TABLE_CELLS`
+   training cells per condition). For each condition ``c``: the reconstruction ``m`` (decoder
+   mean at the posterior mean of z, own condition) and the residual ``r = x - m``. Per gene,
+   ``m`` is cut into :data:`N_BINS` level bins at that condition's own ``1/B .. (B-1)/B``
+   quantiles (``edges``); each bin stores :data:`N_QUANTILES` quantiles of ``r`` at levels
+   ``0 .. 1`` (linear interpolation), or the condition's all-cell quantiles when it holds
+   fewer than :data:`MIN_BIN_CELLS` cells.
+2. **Level of a cell** (:func:`source_levels`). With ``m_s``, ``m_t`` the decoder means for the
+   source and the target condition, ``u = F_s(x - m_s)``: the piecewise-linear CDF of the
+   source condition's residuals in the bin of ``m_s``. A value at the floor (``x <= x_min``,
+   the zeros of log-expression) only says that the cell lies somewhere below the floor, so its
+   level is spread uniformly: ``u = V * F_s(x_min - m_s)``, ``V ~ U(0, 1)``
+   (:func:`floor_noise`, seeded by the seed and the batch's first cell).
+3. **Mean match** (:func:`match_shift`). Per gene a shift ``eta_g`` of every level, found by
+   bisection in ``[-1, 1]``, makes the mean over the predicted cells of the read-out equal the
+   mean of the residual read-out ``max(x_min, x + m_t - m_s)``: the residual read-out's mean
+   is the better-measured one, the quantile read-out's spread the better one.
+4. **Read-out** (:func:`target_values`): ``max(x_min, m_t + Q_t(clip(u + eta_g, 0, 1)))``, with
+   ``Q_t`` the target condition's residual quantile function in the bin of ``m_t``.
+
+Tables are held by :class:`QuantileTables` (buffers ``edges``, conditions x (B - 1) x genes, and
+``tables``, conditions x B x Q x genes, float32), a submodule of
+:class:`~trvae.module.TRVAEModule`: saved with the weights and moved with the module. Models
+saved without them still load; :attr:`QuantileTables.built` is then ``False``.
+
+Everything here is vectorised over cells and genes; the only loops run over bins, bisection
+steps and blocks of genes (to bound memory).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+#: Level bins per gene and condition (cut at the condition's own quantiles of the mean).
+N_BINS = 8
+#: Quantile levels stored per bin, evenly spaced over ``[0, 1]``.
+N_QUANTILES = 33
+#: A bin with fewer training cells uses the condition's all-cell quantiles.
+MIN_BIN_CELLS = 15
+#: At most this many training cells per condition build the tables (seeded subsample).
+TABLE_CELLS = 4096
+#: At most this many predicted cells set the mean match (seeded subsample; exact below).
+MATCH_CELLS = 4096
+#: Bisection steps of the mean match (``eta`` to ``2 / 2**25``).
+MATCH_STEPS = 25
+#: Genes per block where a block's memory is cells x genes x levels.
+GENE_BLOCK = 1024
+
+
+# ---------------------------------------------------------------------------- tables
+def binned_quantiles(
+    values: torch.Tensor, bins: torch.Tensor, n_bins: int, levels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-column quantiles of ``values`` within each bin (numpy's ``"linear"`` method).
+
+    ``values`` (cells x genes), ``bins`` (same shape, integers in ``[0, n_bins)``), ``levels``
+    (``L`` numbers in ``[0, 1]``). Returns the quantiles (``n_bins x L x genes``; 0 for an
+    empty bin) and the number of cells in each bin (``n_bins x genes``).
+    """
+    n, n_genes = values.shape
+    bins = bins.long()
+    counts = torch.zeros(n_bins, n_genes, dtype=torch.long, device=values.device)
+    counts.scatter_add_(0, bins, torch.ones_like(bins))
+    if n == 0:
+        return values.new_zeros(n_bins, len(levels), n_genes), counts
+    # sort by value, then (stably) by bin: each bin's values, ascending, one block after another
+    order = values.argsort(dim=0)
+    order = order.gather(0, bins.gather(0, order).argsort(dim=0, stable=True))
+    grouped = values.gather(0, order)
+    starts = counts.cumsum(0) - counts
+    last = (counts - 1).clamp_min(0)[:, None, :]  # n_bins x 1 x genes
+    pos = levels.to(values.device, torch.float64)[None, :, None] * last
+    lo = pos.floor().long()
+    weight = (pos - lo).to(values.dtype)
+    hi = torch.minimum(lo + 1, last)
+    first = starts[:, None, :]
+
+    def at(offset: torch.Tensor) -> torch.Tensor:
+        index = (first + offset).clamp_max(n - 1).reshape(-1, n_genes)
+        return grouped.gather(0, index).reshape(n_bins, -1, n_genes)
+
+    out = (1 - weight) * at(lo) + weight * at(hi)
+    return torch.where(counts[:, None, :] > 0, out, torch.zeros_like(out)), counts
+
+
+def column_quantiles(values: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """Per-column quantiles of ``values`` (cells x genes) at ``levels``: ``L x genes``."""
+    return binned_quantiles(values, torch.zeros_like(values, dtype=torch.long), 1, levels)[0][0]
+
+
+def quantile_levels(n_quantiles: int = N_QUANTILES) -> torch.Tensor:
+    """The levels of the stored quantiles, ``0, 1/(Q-1), ..., 1`` (float64)."""
+    return torch.linspace(0.0, 1.0, n_quantiles, dtype=torch.float64)
+
+
+def condition_tables(
+    recon: torch.Tensor,
+    residual: torch.Tensor,
+    n_bins: int = N_BINS,
+    n_quantiles: int = N_QUANTILES,
+    min_cells: int = MIN_BIN_CELLS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One condition's bin edges (``(B - 1) x genes``) and tables (``B x Q x genes``).
+
+    ``recon`` and ``residual`` (cells x genes): the reconstruction of that condition's training
+    cells and ``x - recon``. Computed in blocks of :data:`GENE_BLOCK` genes.
+    """
+    if n_bins < 1 or n_quantiles < 2:
+        raise ValueError("condition_tables needs n_bins >= 1 and n_quantiles >= 2")
+    recon, residual = recon.float(), residual.float()
+    n_genes = recon.shape[1]
+    cuts = torch.arange(1, n_bins, dtype=torch.float64) / n_bins
+    levels = quantile_levels(n_quantiles)
+    edges = recon.new_zeros(n_bins - 1, n_genes)
+    tables = recon.new_zeros(n_bins, n_quantiles, n_genes)
+    for g0 in range(0, n_genes, GENE_BLOCK):
+        cols = slice(g0, g0 + GENE_BLOCK)
+        block_edges = column_quantiles(recon[:, cols], cuts)
+        bins = assign_bins(recon[:, cols], block_edges)
+        per_bin, counts = binned_quantiles(residual[:, cols], bins, n_bins, levels)
+        pooled = column_quantiles(residual[:, cols], levels)
+        enough = (counts >= min_cells)[:, None, :]
+        edges[:, cols] = block_edges
+        tables[:, :, cols] = torch.where(enough, per_bin, pooled[None])
+    return edges, tables
+
+
+def assign_bins(
+    mean: torch.Tensor, edges: torch.Tensor, cond: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The level bin of each entry of ``mean`` (cells x genes): how many edges lie below it.
+
+    ``edges``: ``(B - 1) x genes``, or ``C x (B - 1) x genes`` with ``cond`` the condition
+    (row of ``edges``) of each cell. Returns int64, cells x genes, in ``[0, B)``.
+    """
+    bins = torch.zeros(mean.shape, dtype=torch.long, device=mean.device)
+    for k in range(edges.shape[-2]):
+        bins += mean > (edges[k] if cond is None else edges[:, k][cond])
+    return bins
+
+
+# ---------------------------------------------------------------------------- look-ups
+def _rows(tables: torch.Tensor, cond: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
+    """Flat index into ``tables`` (C x B x Q x G) of level 0 of each (cell, gene)'s column."""
+    _, n_bins, n_q, n_genes = tables.shape
+    genes = torch.arange(n_genes, device=bins.device)
+    return ((cond[:, None] * n_bins + bins) * n_q) * n_genes + genes
+
+
+def quantile_at(tables: torch.Tensor, rows: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """``Q(u)``: the piecewise-linear quantile function of each entry's column at level ``u``."""
+    flat, n_q, n_genes = tables.reshape(-1), tables.shape[2], tables.shape[3]
+    pos = u.clamp(0.0, 1.0) * (n_q - 1)
+    lo = pos.floor().long().clamp_max(n_q - 2)
+    weight = pos - lo
+    below = flat.take(rows + lo * n_genes)
+    above = flat.take(rows + (lo + 1) * n_genes)
+    return below + weight * (above - below)
+
+
+def cdf_at(tables: torch.Tensor, rows: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``F(v)``: the inverse of :func:`quantile_at` (the highest level of a tied value).
+
+    A binary search (steps of 32, 16, ..., 1 for ``Q = 33``) for the number of stored
+    quantiles ``<= v``, then linear interpolation; 0 below the smallest value, 1 from the
+    largest.
+    """
+    flat, n_q, n_genes = tables.reshape(-1), tables.shape[2], tables.shape[3]
+    count = torch.zeros(v.shape, dtype=torch.long, device=v.device)
+    step = 1 << (n_q.bit_length() - 1)
+    while step:
+        candidate = count + step
+        below = flat.take(rows + (candidate.clamp_max(n_q) - 1) * n_genes) <= v
+        count += step * (below & (candidate <= n_q))
+        step >>= 1
+    inner = count.clamp(1, n_q - 1)  # v lies in [T[count - 1], T[count])
+    lower = flat.take(rows + (inner - 1) * n_genes)
+    upper = flat.take(rows + inner * n_genes)
+    frac = ((v - lower) / (upper - lower).clamp_min(1e-30)).clamp(0.0, 1.0)
+    u = (inner - 1 + frac) / (n_q - 1)
+    return torch.where(count == 0, 0.0, torch.where(count == n_q, 1.0, u))
+
+
+# ---------------------------------------------------------------------------- read-out
+def floor_noise(seed: int, start: int, shape: tuple[int, int], device=None) -> torch.Tensor:
+    """``V ~ U(0, 1)`` for a batch whose first cell is number ``start``: seeded by both."""
+    rng = np.random.default_rng([int(seed) % 2**63, int(start)])
+    return torch.from_numpy(rng.random(shape, dtype=np.float32)).to(device)
+
+
+def source_levels(
+    edges: torch.Tensor,
+    tables: torch.Tensor,
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    cond: torch.Tensor,
+    x_min: float | torch.Tensor,
+    noise: torch.Tensor,
+) -> torch.Tensor:
+    """``u = F_s(x - m_s)`` in the source condition's bin of ``mean`` (``m_s``); at the floor
+    (``x <= x_min``) ``noise * F_s(x_min - m_s)``. ``cond``: each cell's source condition."""
+    rows = _rows(tables, cond, assign_bins(mean, edges, cond))
+    floored = x <= x_min
+    u = cdf_at(tables, rows, x.clamp_min(x_min) - mean)
+    return torch.where(floored, noise * u, u)
+
+
+def target_values(
+    edges: torch.Tensor,
+    tables: torch.Tensor,
+    u: torch.Tensor,
+    mean: torch.Tensor,
+    cond: torch.Tensor,
+    x_min: float | torch.Tensor,
+    shift: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``max(x_min, m_t + Q_t(clip(u + shift, 0, 1)))`` in the target condition's bin of
+    ``mean`` (``m_t``); ``shift``: one per gene (:func:`match_shift`), default 0."""
+    rows = _rows(tables, cond, assign_bins(mean, edges, cond))
+    level = u if shift is None else u + shift
+    return (mean + quantile_at(tables, rows, level)).clamp_min(x_min)
+
+
+def match_shift(
+    edges: torch.Tensor,
+    tables: torch.Tensor,
+    u: torch.Tensor,
+    mean: torch.Tensor,
+    cond: torch.Tensor,
+    x_min: float | torch.Tensor,
+    reference: torch.Tensor,
+    steps: int = MATCH_STEPS,
+) -> torch.Tensor:
+    """The per-gene level shift ``eta`` in ``[-1, 1]`` that makes the mean over the cells of
+    :func:`target_values` equal ``reference`` (one value per gene), by bisection.
+
+    The read-out's mean increases with ``eta``; a ``reference`` out of reach gives ``-1`` or
+    ``1``. Computed in blocks of :data:`GENE_BLOCK` genes.
+    """
+    n_genes = u.shape[1]
+    shift = torch.zeros(n_genes, dtype=u.dtype, device=u.device)
+    for g0 in range(0, n_genes, GENE_BLOCK):
+        cols = slice(g0, g0 + GENE_BLOCK)
+        sub = tables[..., cols].contiguous()
+        rows = _rows(sub, cond, assign_bins(mean[:, cols], edges[..., cols], cond))
+        m, level, ref = mean[:, cols], u[:, cols], reference[cols]
+        lo, hi = torch.full_like(ref, -1.0), torch.full_like(ref, 1.0)
+        for _ in range(steps):
+            mid = (lo + hi) / 2
+            value = (m + quantile_at(sub, rows, level + mid)).clamp_min(x_min).mean(0)
+            up = value < ref
+            lo, hi = torch.where(up, mid, lo), torch.where(up, hi, mid)
+        shift[cols] = (lo + hi) / 2
+    return shift
+
+
+# ---------------------------------------------------------------------------- storage
+class QuantileTables(nn.Module):
+    """Holder of the read-out's ``edges`` and ``tables`` as buffers (``None`` until built).
+
+    Loading a state dict adopts whatever shapes it holds, and a state dict without them (a
+    model saved before the tables existed, or a count model) leaves them unbuilt.
+    """
+
+    _NAMES = ("edges", "tables")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("edges", None)
+        self.register_buffer("tables", None)
+
+    @property
+    def built(self) -> bool:
+        return self.edges is not None and self.tables is not None
+
+    def set(self, edges: torch.Tensor, tables: torch.Tensor) -> None:
+        """Store ``edges`` (C x (B - 1) x G) and ``tables`` (C x B x Q x G), checked."""
+        n_cond, n_bins, n_q, n_genes = tables.shape
+        if edges.shape != (n_cond, n_bins - 1, n_genes) or n_q < 2:
+            raise ValueError(f"edges {tuple(edges.shape)} do not fit tables {tuple(tables.shape)}")
+        self.edges = edges.detach().float().contiguous()
+        self.tables = tables.detach().float().contiguous()
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
+    ) -> None:
+        found = {name: state_dict.get(prefix + name) for name in self._NAMES}
+        if all(value is None for value in found.values()):
+            self.edges = self.tables = None
+            return
+        if any(value is None for value in found.values()):
+            errors.append(f"{prefix}: read-out tables need both {self._NAMES}")
+            return
+        try:
+            self.set(found["edges"], found["tables"])
+        except ValueError as err:
+            errors.append(f"{prefix}: {err}")

@@ -1,0 +1,157 @@
+"""``predict(mode="quantile")``: the MSE default read-out (:mod:`trvae.module.readout`)."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import trvae
+from trvae import TRVAE, TRVAEError
+from trvae.module import readout
+
+SMALL = {"n_hidden": (32,), "n_latent": 4, "n_mmd": 16}
+QUIET = {"progress_bar": False, "batch_size": 32, "accelerator": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def small(synthetic_adata) -> ad.AnnData:
+    # noise 0.8: some values at the floor 0
+    return synthetic_adata(n_cells_per_group=20, n_genes=20, n_cell_types=2, seed=1, noise=0.8)
+
+
+@pytest.fixture(scope="module")
+def model(small) -> TRVAE:
+    return TRVAE(small, condition_key="condition", **SMALL).train(max_epochs=5, **QUIET)
+
+
+@pytest.fixture(scope="module")
+def control(small) -> ad.AnnData:
+    return small[small.obs["condition"] == "control"].copy()
+
+
+def test_quantile_is_the_mse_default(model, control):
+    assert model.module.readout.tables.shape == (2, readout.N_BINS, readout.N_QUANTILES, 20)
+    pred = model.predict(control, "stimulated")
+    assert pred.uns["trvae_prediction"]["values"] == "quantile"
+    np.testing.assert_array_equal(pred.X, model.predict(control, "stimulated", mode="quantile").X)
+    assert pred.X.dtype == np.float32 and np.isfinite(pred.X).all()
+    assert (pred.X >= float(model.module.x_min)).all()
+    assert list(pred.obs_names) == list(control.obs_names)
+    assert list(pred.var_names) == list(control.var_names)
+    assert (pred.obs["condition"] == "stimulated").all()
+    pd.testing.assert_series_equal(pred.obs["cell_type"], control.obs["cell_type"])
+    residual = model.predict(control, "stimulated", mode="residual").X
+    assert not np.allclose(pred.X, residual)
+
+
+def test_quantile_has_the_residual_read_outs_mean(model, control, monkeypatch):
+    shifts = []
+    match = readout.match_shift
+
+    def spy(*args, **kwargs):
+        shifts.append(match(*args, **kwargs))
+        return shifts[-1]
+
+    monkeypatch.setattr(readout, "match_shift", spy)
+    pred = model.predict(control, "stimulated", batch_size=16).X  # 40 cells: 3 batches
+    residual = model.predict(control, "stimulated", mode="residual").X
+    inside = (shifts[0].abs() < 1 - 1e-6).numpy()  # a shift at +-1: the mean is out of reach
+    assert inside.mean() >= 0.75
+    np.testing.assert_allclose(pred.mean(0)[inside], residual.mean(0)[inside], atol=1e-4)
+
+
+def test_quantile_is_seeded(model, control):
+    a = model.predict(control, "stimulated", seed=0).X
+    np.testing.assert_array_equal(a, model.predict(control, "stimulated", seed=0).X)
+    b = model.predict(control, "stimulated", seed=1).X
+    floored = np.asarray(control.X) <= float(model.module.x_min)
+    assert floored.any(0).any() and (~floored.any(0)).any()
+    # another seed moves the values at the floor, and through the mean match their genes only
+    np.testing.assert_array_equal(a[:, ~floored.any(0)], b[:, ~floored.any(0)])
+    assert not np.array_equal(a[floored], b[floored])
+
+
+def test_quantile_streams_to_disk(model, control, tmp_path, monkeypatch):
+    kwargs = {"seed": 3, "batch_size": 8}
+    want = model.predict(control, "stimulated", **kwargs)
+    got = model.predict(control, "stimulated", out=tmp_path / "pred.h5ad", **kwargs)
+    try:
+        np.testing.assert_array_equal(got.X[:], want.X)
+        assert got.uns["trvae_prediction"]["values"] == "quantile"
+    finally:
+        got.file.close()
+    # more cells than the mean match takes: a seeded subsample sets the shift
+    monkeypatch.setattr(readout, "MATCH_CELLS", 16)
+    sub = model.predict(control, "stimulated", **kwargs).X
+    np.testing.assert_array_equal(sub, model.predict(control, "stimulated", **kwargs).X)
+    got = model.predict(control, "stimulated", out=tmp_path / "sub.h5ad", **kwargs)
+    try:
+        np.testing.assert_array_equal(got.X[:], sub)
+    finally:
+        got.file.close()
+
+
+def test_tables_are_saved(model, control, tmp_path):
+    model.save(tmp_path / "m")
+    state = torch.load(tmp_path / "m" / "model.pt", weights_only=True)
+    assert {"readout.edges", "readout.tables"} <= set(state)
+    loaded = TRVAE.load(tmp_path / "m")
+    np.testing.assert_array_equal(
+        loaded.predict(control, "stimulated").X, model.predict(control, "stimulated").X
+    )
+
+
+def test_model_saved_without_tables(model, control, tmp_path):
+    """A model saved before the quantile read-out: it loads; "auto" falls back to residual."""
+    model.save(tmp_path / "old")
+    weights = tmp_path / "old" / "model.pt"
+    state = torch.load(weights, weights_only=True)
+    torch.save({k: v for k, v in state.items() if not k.startswith("readout.")}, weights)
+    old = TRVAE.load(tmp_path / "old")
+    assert not old.module.readout.built
+    with pytest.raises(TRVAEError, match="retrain it, or predict with mode='residual'"):
+        old.predict(control, "stimulated", mode="quantile")
+    with pytest.warns(UserWarning, match="no quantile read-out tables"):
+        pred = old.predict(control, "stimulated")
+    assert pred.uns["trvae_prediction"]["values"] == "residual"
+    np.testing.assert_array_equal(pred.X, model.predict(control, "stimulated", mode="residual").X)
+
+
+def test_quantile_is_for_mse_only(synthetic_adata):
+    counts = synthetic_adata(n_cells_per_group=10, n_genes=10, n_cell_types=2, counts=True)
+    nb = TRVAE(counts, condition_key="condition", likelihood="nb", **SMALL)
+    with pytest.raises(TRVAEError, match="mode='quantile' is for likelihood='mse'"):
+        nb.predict(counts, "stimulated", mode="quantile")
+    assert nb.predict(counts, "stimulated").uns["trvae_prediction"]["values"] == "mean"
+    assert not nb.module.readout.built
+    with pytest.raises(TRVAEError, match="'auto', 'decode', 'residual' or 'quantile'"):
+        nb.predict(counts, "stimulated", mode="pit")
+
+
+def test_quantile_widens_a_bimodal_response():
+    """Half of the stimulated cells respond strongly: the residual read-out carries the control
+    cells' spread over, the quantile read-out the stimulated cells' (wider, bimodal) one."""
+    adata = trvae.datasets.simulate_perturbation(
+        "variance", n_genes=100, cells_per_group=100, n_cell_types=3, shared_scale=2.5
+    )
+    is_type0 = (adata.obs["cell_type"] == "type0").to_numpy()
+    stim = (adata.obs["condition"] == "stimulated").to_numpy()
+    model = TRVAE(
+        adata[~(is_type0 & stim)].copy(), condition_key="condition", mmd_group_key="cell_type",
+        n_hidden=(64,), n_latent=8, n_mmd=16,
+    )  # fmt: skip
+    model.train(max_epochs=30, progress_bar=False, batch_size=64, accelerator="cpu")
+    degs = trvae.metrics.top_degs(adata[is_type0], "condition", "stimulated", "control", 30)
+    genes = adata.var_names.get_indexer(degs)
+    real = adata.X[is_type0 & stim].toarray()[:, genes].var(0)
+    ctrl = adata[is_type0 & ~stim]
+    var = {
+        mode: model.predict(ctrl, "stimulated", mode=mode).X[:, genes].var(0)
+        for mode in ("residual", "quantile")
+    }
+    assert var["quantile"].mean() > 1.2 * var["residual"].mean()  # measured 1.39x
+    r2 = {mode: np.corrcoef(v, real)[0, 1] ** 2 for mode, v in var.items()}
+    assert r2["quantile"] > r2["residual"] + 0.1  # measured 0.18 vs 0.004

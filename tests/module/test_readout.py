@@ -1,0 +1,150 @@
+"""The quantile read-out's pure functions (:mod:`trvae.module.readout`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from trvae.module import readout as R
+
+
+def _tables(n_cells: int = 400, n_genes: int = 6, seed: int = 0):
+    """Edges and tables (C = 2 conditions) from random reconstructions and residuals."""
+    rng = np.random.default_rng(seed)
+    edges, tables = [], []
+    for c in range(2):
+        recon = torch.from_numpy(rng.normal(2.0 + c, 1.0, (n_cells, n_genes)).astype(np.float32))
+        resid = torch.from_numpy(rng.normal(0.0, 0.5 + c, (n_cells, n_genes)).astype(np.float32))
+        e, t = R.condition_tables(recon, resid)
+        edges.append(e)
+        tables.append(t)
+    return torch.stack(edges), torch.stack(tables)
+
+
+def test_binned_quantiles_match_numpy():
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(200, 4)).astype(np.float32)
+    bins = rng.integers(0, 3, size=(200, 4))
+    bins[:, 3] = 0  # bins 1 and 2 of the last gene are empty
+    levels = R.quantile_levels(9)
+    got, counts = R.binned_quantiles(torch.from_numpy(values), torch.from_numpy(bins), 3, levels)
+    assert got.shape == (3, 9, 4) and counts.shape == (3, 4)
+    for k in range(3):
+        for g in range(4):
+            mask = bins[:, g] == k
+            assert counts[k, g] == mask.sum()
+            want = np.quantile(values[mask, g], levels.numpy()) if mask.any() else np.zeros(9)
+            np.testing.assert_allclose(got[k, :, g].numpy(), want, atol=1e-6)
+
+
+def test_condition_tables_on_a_hand_made_case():
+    """Gene 0: 8 bins of 20 cells each. Gene 1: 150 cells at one level and 10 above it, so one
+    bin holds 150 cells (its own quantiles) and the others too few (the all-cell quantiles)."""
+    n = 160
+    levels = np.linspace(0, 1, R.N_QUANTILES)
+    recon = np.zeros((n, 2), np.float32)
+    recon[:, 0] = np.arange(n)
+    recon[150:, 1] = np.arange(1, 11)
+    resid = np.random.default_rng(1).normal(size=(n, 2)).astype(np.float32)
+    edges, tables = R.condition_tables(torch.from_numpy(recon), torch.from_numpy(resid))
+    assert edges.shape == (R.N_BINS - 1, 2) and tables.shape == (R.N_BINS, R.N_QUANTILES, 2)
+    cuts = np.arange(1, R.N_BINS) / R.N_BINS
+    np.testing.assert_allclose(edges.numpy(), np.quantile(recon, cuts, axis=0), rtol=1e-6)
+    for k in range(R.N_BINS):  # gene 0: the residuals of cells 20k .. 20k + 19
+        want = np.quantile(resid[20 * k : 20 * (k + 1), 0], levels)
+        np.testing.assert_allclose(tables[k, :, 0].numpy(), want, atol=1e-6)
+    np.testing.assert_allclose(
+        tables[0, :, 1].numpy(), np.quantile(resid[:150, 1], levels), atol=1e-6
+    )
+    pooled = np.quantile(resid[:, 1], levels)
+    for k in range(1, R.N_BINS):  # empty, or the 10 cells above the level: too few
+        np.testing.assert_allclose(tables[k, :, 1].numpy(), pooled, atol=1e-6)
+
+
+def test_assign_bins_per_condition():
+    edges = torch.tensor([[[0.0], [1.0]], [[10.0], [20.0]]])  # C=2, B-1=2, G=1
+    mean = torch.tensor([[-1.0], [0.5], [5.0], [5.0], [15.0], [25.0]])
+    cond = torch.tensor([0, 0, 0, 1, 1, 1])
+    assert R.assign_bins(mean, edges, cond)[:, 0].tolist() == [0, 1, 2, 0, 1, 2]
+
+
+def test_cdf_inverts_the_quantile_function():
+    edges, tables = _tables()
+    rng = np.random.default_rng(2)
+    n, g = 300, tables.shape[-1]
+    cond = torch.from_numpy(rng.integers(0, 2, n))
+    mean = torch.from_numpy(rng.normal(2.5, 1.0, (n, g)).astype(np.float32))
+    rows = R._rows(tables, cond, R.assign_bins(mean, edges, cond))
+    r = torch.from_numpy(rng.normal(0.0, 1.5, (n, g)).astype(np.float32))
+    u = R.cdf_at(tables, rows, r)
+    assert (u >= 0).all() and (u <= 1).all()
+    lowest = R.quantile_at(tables, rows, torch.zeros_like(u))
+    highest = R.quantile_at(tables, rows, torch.ones_like(u))
+    inside = (r >= lowest) & (r <= highest)
+    assert inside.float().mean() > 0.5 and (~inside).any()
+    back = R.quantile_at(tables, rows, u)
+    torch.testing.assert_close(back[inside], r[inside], atol=1e-5, rtol=0)
+    assert (u[r < lowest] == 0).all() and (u[r > highest] == 1).all()
+    # and the other way round, where the tables are strictly increasing
+    levels = torch.from_numpy(rng.random((n, g)).astype(np.float32))
+    torch.testing.assert_close(
+        R.cdf_at(tables, rows, R.quantile_at(tables, rows, levels)), levels, atol=1e-4, rtol=0
+    )
+
+
+def test_source_levels_spread_the_floor_with_the_noise():
+    edges, tables = _tables()
+    rng = np.random.default_rng(3)
+    n, g = 200, tables.shape[-1]
+    cond = torch.zeros(n, dtype=torch.long)
+    mean = torch.from_numpy(rng.normal(2.0, 1.0, (n, g)).astype(np.float32))
+    x = torch.from_numpy(np.clip(rng.normal(2.0, 1.5, (n, g)), 0, None).astype(np.float32))
+    floored = x <= 0
+    assert floored.any() and (~floored).any()
+    a = R.source_levels(edges, tables, x, mean, cond, 0.0, R.floor_noise(0, 0, (n, g)))
+    b = R.source_levels(edges, tables, x, mean, cond, 0.0, R.floor_noise(0, 0, (n, g)))
+    c = R.source_levels(edges, tables, x, mean, cond, 0.0, R.floor_noise(1, 0, (n, g)))
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+    assert torch.equal(a[~floored], c[~floored]) and not torch.equal(a[floored], c[floored])
+    rows = R._rows(tables, cond, R.assign_bins(mean, edges, cond))
+    ceiling = R.cdf_at(tables, rows, -mean)  # F_s(x_min - m_s)
+    assert (a[floored] <= ceiling[floored]).all() and (a[floored] >= 0).all()
+    torch.testing.assert_close(a[~floored], R.cdf_at(tables, rows, x - mean)[~floored])
+    assert not torch.equal(R.floor_noise(0, 0, (4, 3)), R.floor_noise(0, 4, (4, 3)))
+
+
+def test_match_shift_gives_the_reference_mean():
+    edges, tables = _tables(n_genes=5)
+    rng = np.random.default_rng(4)
+    n, g = 500, tables.shape[-1]
+    cond = torch.ones(n, dtype=torch.long)
+    mean = torch.from_numpy(rng.normal(3.0, 1.0, (n, g)).astype(np.float32))
+    u = torch.from_numpy(rng.random((n, g)).astype(np.float32))
+    true_shift = torch.tensor([-0.4, -0.1, 0.0, 0.2, 0.5])
+    reference = R.target_values(edges, tables, u, mean, cond, 0.0, true_shift).mean(0)
+    shift = R.match_shift(edges, tables, u, mean, cond, 0.0, reference)
+    assert shift.shape == (g,) and (shift.abs() < 1).all()
+    got = R.target_values(edges, tables, u, mean, cond, 0.0, shift).mean(0)
+    torch.testing.assert_close(got, reference, atol=1e-5, rtol=1e-5)
+    # out of reach: the shift stops at the end of [-1, 1]
+    far = R.match_shift(edges, tables, u, mean, cond, 0.0, reference + 100.0)
+    assert torch.allclose(far, torch.ones(g), atol=1e-6)
+
+
+def test_quantile_tables_state_dict():
+    edges, tables = _tables(n_genes=3)
+    holder = R.QuantileTables()
+    assert not holder.built and holder.state_dict() == {}
+    holder.set(edges, tables)
+    state = holder.state_dict()
+    assert set(state) == {"edges", "tables"}
+    loaded = R.QuantileTables()
+    loaded.load_state_dict(state)
+    assert loaded.built and torch.equal(loaded.tables, tables) and torch.equal(loaded.edges, edges)
+    loaded.load_state_dict({})  # a state dict without tables (an older model) leaves them unset
+    assert not loaded.built
+    with pytest.raises(RuntimeError, match="both"):
+        R.QuantileTables().load_state_dict({"edges": edges})
+    with pytest.raises(ValueError, match="do not fit"):
+        holder.set(edges[:, :2], tables)
