@@ -5,6 +5,16 @@ class TRVAEError(ValueError):
     """Invalid input given to trvae: a key, condition, gene set, value or file.
 
     Subclasses :class:`ValueError`, so code catching ``ValueError`` keeps working.
+
+    Examples
+    --------
+    >>> import trvae
+    >>> adata = trvae.datasets.simulate_perturbation("shared", n_genes=10, cells_per_group=5)
+    >>> try:
+    ...     trvae.TRVAE(adata, condition_key="batch")
+    ... except trvae.TRVAEError as err:
+    ...     print(type(err).__name__, isinstance(err, ValueError))
+    TRVAEError True
     """
 
 
@@ -17,7 +27,17 @@ def check_option(
 
 
 class ModelLoadError(TRVAEError):
-    """A saved model directory is missing, corrupt, truncated or incompatible."""
+    """A saved model directory is missing, corrupt, truncated or incompatible.
+
+    Examples
+    --------
+    >>> import trvae
+    >>> try:
+    ...     trvae.TRVAE.load("no/such/model")
+    ... except trvae.ModelLoadError as err:
+    ...     print(err)
+    no saved model directory at no/such/model
+    """
 
 
 class MissingDependencyError(TRVAEError, ImportError):

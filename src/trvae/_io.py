@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import shutil
+import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -70,6 +72,39 @@ def fsync_dir(directory: Path) -> None:
         if file.is_file():
             with open(file, "rb") as handle:
                 os.fsync(handle.fileno())
+
+
+def directory_backup(path: Path) -> Path:
+    """Where :func:`atomic_directory` keeps the old ``path`` while it renames the new one in."""
+    return path.parent / f".{path.name}.old"
+
+
+@contextmanager
+def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a fresh temporary directory beside ``path``; put it in place if the block succeeds.
+
+    Raises :class:`~trvae.TRVAEError` up front if ``path`` exists and ``overwrite`` is false.
+    On success every file is flushed to disk, an existing ``path`` is renamed to
+    :func:`directory_backup` (so a crash between the two renames leaves the old directory
+    there), the temporary directory is renamed onto ``path`` and the backup removed. The
+    temporary directory is removed if the block raises.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise TRVAEError(f"{path} exists; pass overwrite=True to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+        fsync_dir(tmp)
+        backup = directory_backup(path)
+        if path.exists():  # the old directory stays whole until the new one is in place
+            shutil.rmtree(backup, ignore_errors=True)
+            os.replace(path, backup)
+        os.replace(tmp, path)
+        shutil.rmtree(backup, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def read_h5ad(path: str | os.PathLike):

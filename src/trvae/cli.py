@@ -39,19 +39,27 @@ def _select(adata, column: str, value: str, what: str):
     return (labels == str(value)).to_numpy()
 
 
+def arg_kwargs(args: argparse.Namespace, *names: str, given_only: bool = False) -> dict:
+    """``{name: args.name}`` for each of ``names``: parsed options passed on under their names.
+
+    ``given_only`` leaves out those that are ``None`` (not given, no default), so the callee's
+    own defaults apply.
+    """
+    kwargs = {name: getattr(args, name) for name in names}
+    return {k: v for k, v in kwargs.items() if v is not None} if given_only else kwargs
+
+
 def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from trvae import TRVAE
     from trvae._errors import TRVAEError
 
     adata = read_h5ad(args.data)
-    model_kwargs = {
-        k: getattr(args, k)
-        for k in (
-            *("layer", "likelihood", "n_latent", "n_hidden", "n_mmd", "alpha", "beta"),
-            *("mmd_group_key", "decoder_conditioning", "mmd_estimator", "mmd_on", "mmd_grouping"),
-        )
-        if getattr(args, k) is not None
-    }
+    model_kwargs = arg_kwargs(
+        args,
+        *("layer", "likelihood", "n_latent", "n_hidden", "n_mmd", "alpha", "beta"),
+        *("mmd_group_key", "decoder_conditioning", "mmd_estimator", "mmd_on", "mmd_grouping"),
+        given_only=True,
+    )
     model_kwargs.update(dropout=args.dropout, seed=args.seed)
     out = Path(args.out)
     if out.exists() and not args.overwrite:
@@ -59,17 +67,12 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     model = TRVAE(adata, condition_key=args.condition_key, **model_kwargs)
     start = time.perf_counter()
     model.train(
-        max_epochs=args.max_epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
         progress_bar=not args.quiet,
-        checkpoint_dir=args.checkpoint_dir,
-        resume=args.resume,
-        accelerator=args.accelerator,
-        devices=args.devices,
-        strategy=args.strategy,
-        precision=args.precision,
+        **arg_kwargs(
+            args,
+            *("max_epochs", "batch_size", "lr", "seed", "checkpoint_dir", "resume"),
+            *("accelerator", "devices", "strategy", "precision"),
+        ),
     )
     model.save(out, overwrite=args.overwrite)
     best = model.history.attrs.get("best_epoch", "?")
@@ -110,9 +113,7 @@ def _predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
         args.target_condition,
         source_condition=args.source_condition,
         return_mean=not args.sample,
-        seed=args.seed,
-        accelerator=args.accelerator,
-        precision=args.precision,
+        **arg_kwargs(args, "seed", "accelerator", "precision"),
     )
     write_h5ad(pred, Path(args.out))
     print(f"predicted {pred.n_obs} cells x {pred.n_vars} genes as {args.target_condition!r}")

@@ -169,6 +169,13 @@ def kang_pbmc(path: str | os.PathLike | None = None, download: bool = True) -> a
     Returns
     -------
     AnnData with ``obs['condition']`` (control/stimulated) and ``obs['cell_type']``.
+
+    Examples
+    --------
+    >>> from trvae.datasets import kang_pbmc
+    >>> adata = kang_pbmc()
+    >>> adata.shape, sorted(adata.obs["condition"].unique())
+    ((1975, 6998), ['control', 'stimulated'])
     """
     return _read_h5ad(_locate("kang_pbmc", path, download))
 
@@ -189,6 +196,13 @@ def kang_counts(path: str | os.PathLike | None = None, download: bool = True) ->
     Returns
     -------
     AnnData of integer counts with ``obs['condition']`` and ``obs['cell_type']``.
+
+    Examples
+    --------
+    >>> from trvae.datasets import kang_counts
+    >>> adata = kang_counts()
+    >>> adata.shape
+    (4482, 9015)
     """
     return _read_h5ad(_locate("kang_counts", path, download))
 
@@ -209,6 +223,13 @@ def kang_2018(path: str | os.PathLike | None = None, download: bool = True) -> a
     Returns
     -------
     AnnData of raw counts with categorical ``obs['condition']`` and ``obs['cell_type']``.
+
+    Examples
+    --------
+    >>> from trvae.datasets import kang_2018
+    >>> adata = kang_2018()  # doctest: +SKIP
+    >>> sorted(adata.obs["condition"].unique())  # doctest: +SKIP
+    ['control', 'stimulated']
     """
     adata = _read_h5ad(_locate("kang_2018", path, download))
     obs = adata.obs
@@ -241,6 +262,13 @@ def mnist(path: str | os.PathLike | None = None, download: bool = True) -> ad.An
     -------
     AnnData with ``X`` float32 in [0, 1] of shape (n, 784), categorical ``obs['digit']``
     ('0'..'9'), ``var_names`` 'px_0'..'px_783' and ``uns['image_shape'] = (28, 28)``.
+
+    Examples
+    --------
+    >>> from trvae.datasets import mnist
+    >>> digits = mnist()
+    >>> digits.n_vars, digits.uns["image_shape"], len(digits.obs["digit"].cat.categories)
+    (784, (28, 28), 10)
     """
     with np.load(_locate("mnist", path, download)) as z:
         if "X" in z:
@@ -405,6 +433,20 @@ def synthetic_counts(
     Memory: obs (about 100 bytes per cell: 100 MB at 1M cells), one chunk of CSR counts (about
     ``chunk_size * n_genes * density * 12`` bytes; density is about 0.3 with the defaults) and
     a few dense ``SIM_BLOCK x n_genes`` float64 arrays (16 MB each at 2000 genes), never X.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import anndata
+    >>> from trvae.datasets import synthetic_counts
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = synthetic_counts(200, 30, path=Path(folder) / "cells.h5ad", n_truth_cells=50)
+    ...     adata = anndata.read_h5ad(path)
+    >>> adata.shape, adata.obs["condition"].cat.categories.tolist()
+    ((200, 30), ['control', 'stimulated'])
+    >>> adata.uns["sim"]["true_log_norm_mean"].shape  # cell types x conditions x genes
+    (5, 2, 30)
     """
     from trvae.data.h5ad import write_h5ad_chunked
 
@@ -480,7 +522,15 @@ def synthetic_counts(
 
 @dataclass(frozen=True)
 class Scenario:
-    """Settings of :func:`simulate_perturbation` (see there for their meaning)."""
+    """Settings of :func:`simulate_perturbation` (see there for their meaning).
+
+    Examples
+    --------
+    >>> from trvae.datasets import Scenario, simulate_perturbation
+    >>> adata = simulate_perturbation(Scenario(n_cell_types=2, cells_per_group=10), n_genes=20)
+    >>> adata.shape
+    (40, 20)
+    """
 
     n_cell_types: int = 5
     n_conditions: int = 2

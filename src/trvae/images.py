@@ -130,6 +130,19 @@ def make_thickness_conditions(
     input image, so the row of the true version of any digit in any condition is known:
     ``source_index + k * n`` for block ``k``); ``uns``: ``image_shape`` and
     ``thickness_conditions`` (the footprint used).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from trvae.images import make_thickness_conditions, stroke_thickness
+    >>> bar = np.zeros((1, 28, 28), dtype=np.float32)
+    >>> bar[0, 6:22, 12:16] = 1.0  # a vertical stroke 4 pixels wide
+    >>> data = make_thickness_conditions(bar)
+    >>> data.obs["condition"].tolist()
+    ['normal', 'thin', 'thick']
+    >>> normal, thin, thick = stroke_thickness(data.X, (28, 28))
+    >>> bool(thin < normal < thick)
+    True
     """
     labels = None
     if isinstance(adata_or_images, ad.AnnData):
@@ -186,7 +199,15 @@ def make_thickness_conditions(
 
 # ---------------------------------------------------------------------------------- metrics
 def pixel_mse(pred, true, image_shape: Sequence[int] | None = None) -> np.ndarray:
-    """Mean squared pixel error of each image pair (rows of ``pred`` and ``true``)."""
+    """Mean squared pixel error of each image pair (rows of ``pred`` and ``true``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from trvae.images import pixel_mse
+    >>> pixel_mse(np.zeros((2, 4)), np.full((2, 4), 0.5))  # two 2 x 2 images
+    array([0.25, 0.25])
+    """
     a, _, _ = _as_images(pred, image_shape)
     b, _, _ = _as_images(true, image_shape)
     if a.shape != b.shape:
@@ -195,7 +216,16 @@ def pixel_mse(pred, true, image_shape: Sequence[int] | None = None) -> np.ndarra
 
 
 def ssim(pred, true, image_shape: Sequence[int] | None = None) -> np.ndarray:
-    """Structural similarity of each image pair, ``data_range=1`` (1 for identical images)."""
+    """Structural similarity of each image pair, ``data_range=1`` (1 for identical images).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from trvae.images import ssim
+    >>> image = np.random.default_rng(0).random((1, 28, 28))
+    >>> ssim(image, image).round(6)
+    array([1.])
+    """
     structural_similarity = require(
         "skimage.metrics", "images", "scikit-image", "ssim"
     ).structural_similarity
@@ -218,6 +248,15 @@ def stroke_thickness(
     by the length of its skeleton (pixels of ``skimage.morphology.skeletonize``). An image with
     no foreground has thickness 0. A straight bar ``w`` pixels wide and ``L >> w`` long
     measures about ``w`` (its skeleton is a line about ``L`` pixels long).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from trvae.images import stroke_thickness
+    >>> bar = np.zeros((1, 28, 28))
+    >>> bar[0, 6:22, 12:16] = 1.0  # 16 pixels long, 4 wide
+    >>> bool(3.5 < stroke_thickness(bar)[0] < 4.5)
+    True
     """
     skeletonize = require(
         "skimage.morphology", "images", "scikit-image", "stroke_thickness"
@@ -239,6 +278,16 @@ def train_digit_classifier(images, digits: Sequence, seed: int = 0):
     ``images`` are flattened (n, H*W) or (n, H, W) in [0, 1]; returns the fitted classifier
     (deterministic; ``seed`` is kept for callers that pass one). Its accuracy on normal, thin
     and thick digits: ``docs/choosing-parameters.md``.
+
+    Examples
+    --------
+    >>> import trvae
+    >>> from trvae.images import digit_accuracy, train_digit_classifier
+    >>> digits = trvae.datasets.mnist()[::25]  # 200 digits, every class
+    >>> labels = digits.obs["digit"].to_numpy()
+    >>> classifier = train_digit_classifier(digits.X[::2], labels[::2])
+    >>> bool(digit_accuracy(classifier, digits.X[1::2], labels[1::2]) > 0.6)
+    True
     """
     from sklearn.svm import SVC
 
@@ -248,6 +297,16 @@ def train_digit_classifier(images, digits: Sequence, seed: int = 0):
 
 
 def digit_accuracy(classifier, images, digits: Sequence) -> float:
-    """Fraction of ``images`` that ``classifier`` assigns to their true ``digits``."""
+    """Fraction of ``images`` that ``classifier`` assigns to their true ``digits``.
+
+    Examples
+    --------
+    >>> import trvae
+    >>> from trvae.images import digit_accuracy, train_digit_classifier
+    >>> digits = trvae.datasets.mnist()[::50]  # 100 digits, every class
+    >>> labels = digits.obs["digit"].to_numpy()
+    >>> digit_accuracy(train_digit_classifier(digits.X, labels), digits.X, labels)
+    1.0
+    """
     arr = np.asarray(images, dtype=np.float32).reshape(len(images), -1)
     return float((classifier.predict(arr) == np.asarray(digits).astype(str)).mean())

@@ -117,6 +117,15 @@ def mean_scatter(
     Returns
     -------
     matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from trvae.pl import mean_scatter
+    >>> real = np.random.default_rng(0).poisson(2.0, size=(20, 5)).astype(float)
+    >>> fig = mean_scatter(real + 0.1, real, ["g1", "g2", "g3", "g4", "g5"], degs=["g1", "g2"])
+    >>> fig.axes[0].get_xlabel()
+    'predicted mean'
     """
     return _stat_scatter("mean", pred, real, var_names, degs, label_top, title, save)
 
@@ -131,6 +140,15 @@ def var_scatter(
     Returns
     -------
     matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from trvae.pl import var_scatter
+    >>> real = np.random.default_rng(0).poisson(2.0, size=(20, 5)).astype(float)
+    >>> fig = var_scatter(real, real, ["g1", "g2", "g3", "g4", "g5"], degs=["g1"])
+    >>> fig.axes[0].get_ylabel()
+    'real var'
     """
     options = {"label_top": 10, "title": None, "save": None, **kwargs}
     return _stat_scatter("var", pred, real, var_names, degs, **options)
@@ -160,6 +178,17 @@ def response_violin(
     Returns
     -------
     matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from trvae.pl import response_violin
+    >>> rng = np.random.default_rng(0)
+    >>> control, real = rng.normal(0, 1, (30, 3)), rng.normal(2, 1, (30, 3))
+    >>> names = ["ISG15", "IFI6", "MX1"]
+    >>> fig = response_violin(control, real + 0.1, real, names, genes=["ISG15", "MX1"])
+    >>> [ax.get_title() for ax in fig.axes]
+    ['ISG15', 'MX1']
     """
     pred, real = _pair(pred, real)
     _, control = _pair(pred, control)
@@ -198,6 +227,18 @@ def r2_bars(
     Returns
     -------
     matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from trvae.pl import r2_bars
+    >>> df = pd.DataFrame({
+    ...     "method": ["trVAE", "mean shift"] * 2, "cell_type": ["NK", "NK", "B", "B"],
+    ...     "metric": "r2_mean_top100", "value": [0.93, 0.89, 0.95, 0.94],
+    ... })
+    >>> fig = r2_bars(df)
+    >>> [label.get_text() for label in fig.axes[0].get_xticklabels()]
+    ['NK', 'B']
     """
     missing = {"method", "cell_type", "metric", "value"} - set(df.columns)
     if missing:
@@ -252,6 +293,19 @@ def logfc_scatter(
     Returns
     -------
     matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import trvae
+    >>> from trvae.metrics import response_genes
+    >>> from trvae.pl import logfc_scatter
+    >>> adata = trvae.datasets.simulate_perturbation("specific", n_genes=60, cells_per_group=40)
+    >>> x, t = adata.X, (adata.obs["cell_type"] == "type0").to_numpy()  # one cell type
+    >>> s = (adata.obs["condition"] == "stimulated").to_numpy()
+    >>> genes = response_genes(x[t & s], x[t & ~s], x[~t & s], x[~t & ~s], adata.var_names)
+    >>> fig = logfc_scatter({"perfect": x[t & s]}, x[t & s], x[t & ~s], genes)
+    >>> fig.axes[0].get_title()
+    'perfect'
     """
     from trvae.metrics import response_gene_scores
 
@@ -319,6 +373,17 @@ def embedding_grid(
     Returns
     -------
     The :class:`~matplotlib.figure.Figure`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import pandas as pd
+    >>> from trvae.pl import embedding_grid
+    >>> obs = pd.DataFrame({"condition": np.repeat(["control", "stimulated"], 30)})
+    >>> z = np.random.default_rng(0).normal(size=(60, 5))
+    >>> fig = embedding_grid({"z": z}, obs, color=["condition"])
+    >>> fig.axes[0].get_title()
+    'z — condition'
     """
     import scanpy as sc
     from anndata import AnnData

@@ -15,11 +15,12 @@ from trvae._errors import TRVAEError, require
 from trvae._io import read_h5ad
 from trvae.cli import positive as _positive
 from trvae_benchmarks.baselines import METHODS
+from trvae_benchmarks.calibration import add_calibration_arguments, calibration_command
 from trvae_benchmarks.kang import DEFAULT_METHODS
 from trvae_benchmarks.scale import add_scale_parser
 from trvae_benchmarks.speed import add_bench_parser
 
-DATASETS = ("kang", "mnist", "kang-counts", "suite")
+DATASETS = ("kang", "mnist", "kang-counts", "suite", "calibration")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="'kang' (Kang et al. PBMCs, scGen preprocessing), 'mnist' (thin/normal/thick "
         "digits, image style transfer), 'kang-counts' (NB vs ZINB vs MSE trVAE on Kang raw "
         "counts), 'suite' (leave-one-group-out on every development set, trVAE vs mean shift; "
-        "--data for your own file) or an .h5ad file",
+        "--data for your own file), 'calibration' (coverage of the TRVAEEnsemble's interval, "
+        "leave-one-group-out on the suite's sets) or an .h5ad file",
     )
     p.add_argument("--condition-key", default="condition")
     p.add_argument("--cell-type-key", default="cell_type")
@@ -63,6 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--threads", type=_positive, help="torch CPU threads (default: torch's)")
     _add_suite_arguments(p)
+    add_calibration_arguments(p)
     add_bench_parser(sub)
     add_scale_parser(sub.choices["bench"])
     sub.choices["bench"].set_defaults(run=_bench)
@@ -76,6 +79,8 @@ def _benchmark(args: argparse.Namespace, argv: Sequence[str]) -> int:
         return _benchmark_mnist(args, argv)
     if args.dataset == "suite":
         return _benchmark_suite(args, argv)
+    if args.dataset == "calibration":
+        return calibration_command(args, argv)
     if args.dataset == "kang-counts":  # NB vs ZINB vs MSE on raw counts
         return _benchmark_counts(args, argv)
     if args.dataset in DATASETS:

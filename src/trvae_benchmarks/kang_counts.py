@@ -171,7 +171,13 @@ def _predictions(model: TRVAE, ctrl: AnnData, control: str, stimulated: str, see
     sample = dense(model.predict(ctrl, stimulated, return_mean=False, **kw).X)
     if lik == "mse":
         residual = model.predict(ctrl, stimulated, source_condition=control, mode="residual")
-        return {"mse": mean, "mse-sample": sample, "mse-residual": dense(residual.X)}
+        quantile = model.predict(ctrl, stimulated, source_condition=control, mode="quantile")
+        return {
+            "mse": mean,
+            "mse-sample": sample,
+            "mse-residual": dense(residual.X),
+            "mse-quantile": dense(quantile.X),
+        }
     residual = model.predict(ctrl, stimulated, source_condition=control, mode="residual").X
     return {
         lik: dense(log_normalize(mean)),
@@ -467,8 +473,9 @@ def _protocol(run: _CountsRun) -> list[str]:
         f"- The library size of each predicted cell is that of the {control} cell it was "
         "carried from (its total count over the selected genes), which sets the Poisson noise "
         "of the NB/ZINB samples.",
-        "- `mse-residual`: the MSE model's default read-out (the cell's own profile plus the "
-        "decoder's change), which has no count-likelihood counterpart.",
+        "- `mse-residual`: the cell's own profile plus the decoder's change, and "
+        "`mse-quantile`: the MSE model's default read-out (each cell's rank carried into the "
+        "target condition's residual distribution); neither has a count-likelihood counterpart.",
         f"- `mean_shift` ({control} cells plus the mean response of the other cell types) and "
         f"`control` (the {control} cells unchanged), on the log-normalised values.",
         "",

@@ -42,6 +42,7 @@ from anndata import AnnData
 from scipy import sparse
 from torch import nn
 
+from trvae.cli import arg_kwargs
 from trvae_benchmarks.common import torch_threads
 
 __all__ = ["gemm_gflops", "linear_flops", "run_speed_bench", "synthetic_data"]
@@ -376,26 +377,21 @@ def bench_command(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         return value if value is not None else quick.get(name, default)
 
-    model_kwargs = {
-        k: (tuple(v) if k == "n_hidden" else v)
-        for k in ("n_hidden", "n_latent", "n_mmd")
-        if (v := getattr(args, k)) is not None
-    }
+    model_kwargs = arg_kwargs(args, "n_hidden", "n_latent", "n_mmd", given_only=True)
+    if "n_hidden" in model_kwargs:
+        model_kwargs["n_hidden"] = tuple(model_kwargs["n_hidden"])
     run_speed_bench(
         genes=tuple(pick("genes", GENES)),
         formats=tuple(args.formats),
-        batch_size=args.batch_size,
         steps=pick("steps", STEPS),
         warmup_steps=pick("warmup_steps", WARMUP_STEPS),
-        steps_per_epoch=args.steps_per_epoch,
-        model_kwargs=model_kwargs,
-        likelihood=args.likelihood,
         gemm_size=pick("gemm_size", GEMM_SIZE),
-        seed=args.seed,
+        model_kwargs=model_kwargs,
         n_threads=args.threads,
-        accelerator=args.accelerator,
-        predict_cells=args.predict_cells,
-        predict_batch_size=args.predict_batch_size,
-        precision=args.precision,
+        **arg_kwargs(
+            args,
+            *("batch_size", "steps_per_epoch", "likelihood", "seed", "accelerator"),
+            *("predict_cells", "predict_batch_size", "precision"),
+        ),
     )
     return 0

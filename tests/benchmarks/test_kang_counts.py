@@ -19,7 +19,7 @@ from trvae_benchmarks.kang_counts import (
 
 TINY = {"n_hidden": (16,), "n_latent": 4, "n_mmd": 8}
 READOUTS = {"nb", "nb-sample", "nb-residual", "zinb", "zinb-sample", "zinb-residual"}
-READOUTS |= {"mse", "mse-sample", "mse-residual"}
+READOUTS |= {"mse", "mse-sample", "mse-residual", "mse-quantile"}
 
 
 @pytest.fixture

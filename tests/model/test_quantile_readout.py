@@ -49,13 +49,13 @@ def test_quantile_is_the_mse_default(model, control):
 
 def test_quantile_has_the_residual_read_outs_mean(model, control, monkeypatch):
     shifts = []
-    match = readout.match_shift
+    match = readout.QuantileTables.match_shift
 
     def spy(*args, **kwargs):
         shifts.append(match(*args, **kwargs))
         return shifts[-1]
 
-    monkeypatch.setattr(readout, "match_shift", spy)
+    monkeypatch.setattr(readout.QuantileTables, "match_shift", spy)
     pred = model.predict(control, "stimulated", batch_size=16).X  # 40 cells: 3 batches
     residual = model.predict(control, "stimulated", mode="residual").X
     inside = (shifts[0].abs() < 1 - 1e-6).numpy()  # a shift at +-1: the mean is out of reach

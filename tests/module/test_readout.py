@@ -1,4 +1,4 @@
-"""The quantile read-out's pure functions (:mod:`trvae.module.readout`)."""
+"""The quantile read-out (:mod:`trvae.module.readout`): its functions and its tables' look-ups."""
 
 from __future__ import annotations
 
@@ -7,6 +7,13 @@ import pytest
 import torch
 
 from trvae.module import readout as R
+
+
+def _holder(n_cells: int = 400, n_genes: int = 6, seed: int = 0) -> R.QuantileTables:
+    """:func:`_tables` in a :class:`~trvae.module.readout.QuantileTables`."""
+    holder = R.QuantileTables()
+    holder.set(*_tables(n_cells, n_genes, seed))
+    return holder
 
 
 def _tables(n_cells: int = 400, n_genes: int = 6, seed: int = 0):
@@ -94,7 +101,8 @@ def test_cdf_inverts_the_quantile_function():
 
 
 def test_source_levels_spread_the_floor_with_the_noise():
-    edges, tables = _tables()
+    holder = _holder()
+    tables = holder.tables
     rng = np.random.default_rng(3)
     n, g = 200, tables.shape[-1]
     cond = torch.zeros(n, dtype=torch.long)
@@ -102,12 +110,12 @@ def test_source_levels_spread_the_floor_with_the_noise():
     x = torch.from_numpy(np.clip(rng.normal(2.0, 1.5, (n, g)), 0, None).astype(np.float32))
     floored = x <= 0
     assert floored.any() and (~floored).any()
-    a = R.source_levels(edges, tables, x, mean, cond, 0.0, R.floor_noise(0, 0, (n, g)))
-    b = R.source_levels(edges, tables, x, mean, cond, 0.0, R.floor_noise(0, 0, (n, g)))
-    c = R.source_levels(edges, tables, x, mean, cond, 0.0, R.floor_noise(1, 0, (n, g)))
+    a = holder.source_levels(x, mean, cond, 0.0, R.floor_noise(0, 0, (n, g)))
+    b = holder.source_levels(x, mean, cond, 0.0, R.floor_noise(0, 0, (n, g)))
+    c = holder.source_levels(x, mean, cond, 0.0, R.floor_noise(1, 0, (n, g)))
     torch.testing.assert_close(a, b, atol=0, rtol=0)
     assert torch.equal(a[~floored], c[~floored]) and not torch.equal(a[floored], c[floored])
-    rows = R._rows(tables, cond, R.assign_bins(mean, edges, cond))
+    rows = holder.rows(mean, cond)
     ceiling = R.cdf_at(tables, rows, -mean)  # F_s(x_min - m_s)
     assert (a[floored] <= ceiling[floored]).all() and (a[floored] >= 0).all()
     torch.testing.assert_close(a[~floored], R.cdf_at(tables, rows, x - mean)[~floored])
@@ -115,20 +123,21 @@ def test_source_levels_spread_the_floor_with_the_noise():
 
 
 def test_match_shift_gives_the_reference_mean():
-    edges, tables = _tables(n_genes=5)
+    holder = _holder(n_genes=5)
+    tables = holder.tables
     rng = np.random.default_rng(4)
     n, g = 500, tables.shape[-1]
     cond = torch.ones(n, dtype=torch.long)
     mean = torch.from_numpy(rng.normal(3.0, 1.0, (n, g)).astype(np.float32))
     u = torch.from_numpy(rng.random((n, g)).astype(np.float32))
     true_shift = torch.tensor([-0.4, -0.1, 0.0, 0.2, 0.5])
-    reference = R.target_values(edges, tables, u, mean, cond, 0.0, true_shift).mean(0)
-    shift = R.match_shift(edges, tables, u, mean, cond, 0.0, reference)
+    reference = holder.target_values(u, mean, cond, 0.0, true_shift).mean(0)
+    shift = holder.match_shift(u, mean, cond, 0.0, reference)
     assert shift.shape == (g,) and (shift.abs() < 1).all()
-    got = R.target_values(edges, tables, u, mean, cond, 0.0, shift).mean(0)
+    got = holder.target_values(u, mean, cond, 0.0, shift).mean(0)
     torch.testing.assert_close(got, reference, atol=1e-5, rtol=1e-5)
     # out of reach: the shift stops at the end of [-1, 1]
-    far = R.match_shift(edges, tables, u, mean, cond, 0.0, reference + 100.0)
+    far = holder.match_shift(u, mean, cond, 0.0, reference + 100.0)
     assert torch.allclose(far, torch.ones(g), atol=1e-6)
 
 

@@ -20,7 +20,12 @@ from trvae.cli import main
 from trvae.data.cell_data import CellData, stratified_split
 from trvae.module import TRVAEModule
 from trvae.train.devices import DeviceSetup, resolve_devices
-from trvae.train.distributed import DistributedTrainingError, fit_distributed, portable
+from trvae.train.distributed import (
+    DistributedTrainingError,
+    FitJob,
+    fit_distributed,
+    portable,
+)
 from trvae.train.plan import TrainingPlan
 
 pytestmark = pytest.mark.skipif(
@@ -134,15 +139,9 @@ def test_ddp_full_batch_equals_one_process_exactly(adata):
     h1 = TrainingPlan(batch_size=144, **kwargs).fit(
         one, data, train_idx, val_idx, progress_bar=False
     )
-    h2 = fit_distributed(
-        TrainingPlan(batch_size=72, **kwargs),
-        two,
-        data,
-        train_idx,
-        val_idx,
-        DeviceSetup("cpu", 2),
-        progress_bar=False,
-    )
+    plan = TrainingPlan(batch_size=72, **kwargs)
+    fit = FitJob(plan, two, data, train_idx, val_idx, progress_bar=False)
+    h2 = fit_distributed(fit, DeviceSetup("cpu", 2))
     np.testing.assert_allclose(h2.to_numpy(), h1.to_numpy(), rtol=1e-5)
     assert h1["train_loss"].iloc[-1] < h1["train_loss"].iloc[0]
     for key, value in one.state_dict().items():
@@ -276,16 +275,11 @@ def test_one_device_with_ddp_is_the_plain_cpu_run(adata):
 def test_unpicklable_job_is_refused_before_spawning(adata):
     model = TRVAE(adata, condition_key="condition", **TINY)
     data = model._cell_data(adata)
+    split = (np.arange(10), np.arange(10, 20))
+    fit = FitJob(TrainingPlan(max_epochs=1), model.module, data, *split)
+    fit.on_epoch_end = lambda state: None  # a lambda does not pickle
     with pytest.raises(TRVAEError, match="cannot send its job"):
-        fit_distributed(
-            TrainingPlan(max_epochs=1),
-            model.module,
-            data,
-            np.arange(10),
-            np.arange(10, 20),
-            DeviceSetup("cpu", 2),
-            on_epoch_end=lambda state: None,
-        )
+        fit_distributed(fit, DeviceSetup("cpu", 2))
 
 
 @pytest.mark.parametrize("sparse", [False, True])

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from anndata import AnnData
 
 from trvae._errors import ModelLoadError, TRVAEError
-from trvae._io import fsync_dir
+from trvae._io import atomic_directory
 from trvae.model._trvae import TRVAE
 
 _MANIFEST = "ensemble.json"
@@ -100,25 +97,11 @@ class TRVAEEnsemble:
 
     def save(self, path: str | Path, overwrite: bool = False) -> None:
         """Write every member under ``path`` (``member_0`` ...) atomically, with a manifest."""
-        path = Path(path)
-        if path.exists() and not overwrite:
-            raise TRVAEError(f"{path} exists; pass overwrite=True to replace it")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-        try:
+        with atomic_directory(path, overwrite) as tmp:
             for i, member in enumerate(self.members):
                 member.save(tmp / f"member_{i}")
             manifest = {"n_models": self.n_models, "seed": self.seed}
             (tmp / _MANIFEST).write_text(json.dumps(manifest))
-            fsync_dir(tmp)
-            backup = path.parent / f".{path.name}.old"
-            if path.exists():  # the old ensemble stays whole until the new one is in place
-                shutil.rmtree(backup, ignore_errors=True)
-                os.replace(path, backup)
-            os.replace(tmp, path)
-            shutil.rmtree(backup, ignore_errors=True)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
     @classmethod
     def load(cls, path: str | Path, adata: AnnData | None = None) -> TRVAEEnsemble:

@@ -267,9 +267,7 @@ class PredictionMixin:
             source = module.generative(z, c, lib)["mean"]
             to = module.generative(z, torch.full_like(c, target), lib)["mean"]
             noise = readout.floor_noise(seed, start, tuple(x.shape), x.device)
-            u = readout.source_levels(
-                tables.edges, tables.tables, x, source, c, module.x_min, noise
-            )
+            u = tables.source_levels(x, source, c, module.x_min, noise)
             return u, source, to
 
         def batch_function(first_pass: bool):
@@ -283,8 +281,7 @@ class PredictionMixin:
                     residual = (x + to - source).clamp_min(module.x_min)
                     return torch.cat([u, to, residual], dim=1)
                 cond = torch.full_like(c, target)
-                args = (tables.edges, tables.tables, u, to, cond, module.x_min)
-                return readout.target_values(*args, shift.to(x.device))
+                return tables.target_values(u, to, cond, module.x_min, shift.to(x.device))
 
             return fn
 
@@ -296,8 +293,7 @@ class PredictionMixin:
         u, to, residual = torch.cat(parts).chunk(3, dim=1)
         cond = torch.full((len(u),), target, dtype=torch.long)
         reference = residual.mean(0, dtype=torch.float64).float()
-        args = (tables.edges, tables.tables, u, to, cond, module.x_min)
-        shift = readout.match_shift(*args, reference)
+        shift = tables.match_shift(u, to, cond, module.x_min, reference)
         return batch_function(False)
 
     @staticmethod

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,8 +11,8 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
-from trvae._errors import ModelLoadError, TRVAEError
-from trvae._io import atomic_write_text, fsync_dir, torch_load_error
+from trvae._errors import ModelLoadError
+from trvae._io import atomic_directory, atomic_write_text, directory_backup, torch_load_error
 
 if TYPE_CHECKING:
     from trvae.model._trvae import TRVAE
@@ -56,24 +53,10 @@ class SaveLoadMixin:
         Everything is written to a temporary directory beside ``path`` and then renamed, so an
         interrupted save leaves any previous model at ``path`` intact.
         """
-        path = Path(path)
-        if path.exists() and not overwrite:
-            raise TRVAEError(f"{path} exists; pass overwrite=True to replace it")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-        try:
+        with atomic_directory(path, overwrite) as tmp:
             torch.save(self.module.state_dict(), tmp / _WEIGHTS)
             self._write_config(tmp)
             self.history.to_csv(tmp / _HISTORY, index=False)
-            fsync_dir(tmp)
-            backup = path.parent / f".{path.name}.old"
-            if path.exists():
-                shutil.rmtree(backup, ignore_errors=True)
-                os.replace(path, backup)
-            os.replace(tmp, path)
-            shutil.rmtree(backup, ignore_errors=True)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
     @classmethod
     def load(cls, path: str | Path, adata: AnnData | None = None) -> TRVAE:
@@ -83,7 +66,7 @@ class SaveLoadMixin:
         corrupt or incompatible. Weights are loaded with ``weights_only=True``.
         """
         path = Path(path)
-        backup = path.parent / f".{path.name}.old"
+        backup = directory_backup(path)
         if not path.exists() and backup.exists():  # a save was interrupted between two renames
             path = backup
         if not path.is_dir():

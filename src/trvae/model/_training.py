@@ -15,7 +15,7 @@ from trvae.data.cell_data import CellData, stratified_split
 from trvae.module import readout
 from trvae.train import checkpoint
 from trvae.train.devices import on_device, resolve_devices
-from trvae.train.distributed import fit_distributed, fit_launched, launched_ddp
+from trvae.train.distributed import FitJob, fit_distributed, fit_launched, launched_ddp
 from trvae.train.plan import TrainingPlan, epoch_budget
 from trvae.train.precision import autocast
 
@@ -112,25 +112,18 @@ class TrainingMixin:
             on_epoch_end = checkpoint.writer(checkpoint_dir)
         elif resume:
             raise TRVAEError("resume=True needs the checkpoint_dir of the interrupted run")
-        fit_kwargs = {
-            "seed": seed,
-            "progress_bar": progress_bar,
-            "on_epoch_end": on_epoch_end,
-            "resume_state": resume_state,
-        }
+        fit = FitJob(
+            *(plan, self.module, train_data, train_idx, val_idx),
+            *(seed, progress_bar, on_epoch_end, resume_state),
+        )
         if launch is not None:  # torchrun: this process is one rank of the job
-            args = (plan, self.module, train_data, train_idx, val_idx, setup.device_type, launch)
-            self.history = fit_launched(*args, **fit_kwargs)
+            self.history = fit_launched(fit, setup.device_type, launch)
         elif setup.distributed:  # rank 0's best weights come back into self.module, on CPU
-            self.history = fit_distributed(
-                plan, self.module, train_data, train_idx, val_idx, setup, **fit_kwargs
-            )
+            self.history = fit_distributed(fit, setup)
         else:
             device = setup.device()
             with on_device(self.module, device):  # the noise model and save work on CPU
-                self.history = plan.fit(
-                    self.module, train_data, train_idx, val_idx, device=device, **fit_kwargs
-                )
+                self.history = fit.run(device)
         self._fit_noise_model(data, train_idx, precision=plan.precision)
         self.is_trained = True
         return self

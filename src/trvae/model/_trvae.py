@@ -103,6 +103,8 @@ class TRVAE(TrainingMixin, PredictionMixin, AssessmentMixin, SaveLoadMixin):
         With ``mmd_group_key``: ``"within"`` (default) compares the conditions within each
         group; ``"shared"`` compares each pair of conditions pooled over the groups both hold.
 
+    Notes
+    -----
     The measurements behind each default are in ``docs/choosing-parameters.md``.
 
     Examples

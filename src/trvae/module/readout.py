@@ -12,18 +12,19 @@ quantile read-out carries each cell's *rank* instead of its deviation:
    quantiles (``edges``); each bin stores :data:`N_QUANTILES` quantiles of ``r`` at levels
    ``0 .. 1`` (linear interpolation), or the condition's all-cell quantiles when it holds
    fewer than :data:`MIN_BIN_CELLS` cells.
-2. **Level of a cell** (:func:`source_levels`). With ``m_s``, ``m_t`` the decoder means for the
-   source and the target condition, ``u = F_s(x - m_s)``: the piecewise-linear CDF of the
-   source condition's residuals in the bin of ``m_s``. A value at the floor (``x <= x_min``,
-   the zeros of log-expression) only says that the cell lies somewhere below the floor, so its
-   level is spread uniformly: ``u = V * F_s(x_min - m_s)``, ``V ~ U(0, 1)``
-   (:func:`floor_noise`, seeded by the seed and the batch's first cell).
-3. **Mean match** (:func:`match_shift`). Per gene a shift ``eta_g`` of every level, found by
-   bisection in ``[-1, 1]``, makes the mean over the predicted cells of the read-out equal the
-   mean of the residual read-out ``max(x_min, x + m_t - m_s)``: the residual read-out's mean
-   is the better-measured one, the quantile read-out's spread the better one.
-4. **Read-out** (:func:`target_values`): ``max(x_min, m_t + Q_t(clip(u + eta_g, 0, 1)))``, with
-   ``Q_t`` the target condition's residual quantile function in the bin of ``m_t``.
+2. **Level of a cell** (:meth:`~QuantileTables.source_levels`). With ``m_s``, ``m_t`` the
+   decoder means for the source and the target condition, ``u = F_s(x - m_s)``: the
+   piecewise-linear CDF of the source condition's residuals in the bin of ``m_s``. A value at
+   the floor (``x <= x_min``, the zeros of log-expression) only says that the cell lies
+   somewhere below the floor, so its level is spread uniformly: ``u = V * F_s(x_min - m_s)``,
+   ``V ~ U(0, 1)`` (:func:`floor_noise`, seeded by the seed and the batch's first cell).
+3. **Mean match** (:meth:`~QuantileTables.match_shift`). Per gene a shift ``eta_g`` of every
+   level, found by bisection in ``[-1, 1]``, makes the mean over the predicted cells of the
+   read-out equal the mean of the residual read-out ``max(x_min, x + m_t - m_s)``: the residual
+   read-out's mean is the better-measured one, the quantile read-out's spread the better one.
+4. **Read-out** (:meth:`~QuantileTables.target_values`):
+   ``max(x_min, m_t + Q_t(clip(u + eta_g, 0, 1)))``, with ``Q_t`` the target condition's
+   residual quantile function in the bin of ``m_t``.
 
 Tables are held by :class:`QuantileTables` (buffers ``edges``, conditions x (B - 1) x genes, and
 ``tables``, conditions x B x Q x genes, float32), a submodule of
@@ -38,7 +39,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 #: Level bins per gene and condition (cut at the condition's own quantiles of the mean).
 N_BINS = 8
@@ -197,72 +198,6 @@ def floor_noise(seed: int, start: int, shape: tuple[int, int], device=None) -> t
     return torch.from_numpy(rng.random(shape, dtype=np.float32)).to(device)
 
 
-def source_levels(
-    edges: torch.Tensor,
-    tables: torch.Tensor,
-    x: torch.Tensor,
-    mean: torch.Tensor,
-    cond: torch.Tensor,
-    x_min: float | torch.Tensor,
-    noise: torch.Tensor,
-) -> torch.Tensor:
-    """``u = F_s(x - m_s)`` in the source condition's bin of ``mean`` (``m_s``); at the floor
-    (``x <= x_min``) ``noise * F_s(x_min - m_s)``. ``cond``: each cell's source condition."""
-    rows = _rows(tables, cond, assign_bins(mean, edges, cond))
-    floored = x <= x_min
-    u = cdf_at(tables, rows, x.clamp_min(x_min) - mean)
-    return torch.where(floored, noise * u, u)
-
-
-def target_values(
-    edges: torch.Tensor,
-    tables: torch.Tensor,
-    u: torch.Tensor,
-    mean: torch.Tensor,
-    cond: torch.Tensor,
-    x_min: float | torch.Tensor,
-    shift: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """``max(x_min, m_t + Q_t(clip(u + shift, 0, 1)))`` in the target condition's bin of
-    ``mean`` (``m_t``); ``shift``: one per gene (:func:`match_shift`), default 0."""
-    rows = _rows(tables, cond, assign_bins(mean, edges, cond))
-    level = u if shift is None else u + shift
-    return (mean + quantile_at(tables, rows, level)).clamp_min(x_min)
-
-
-def match_shift(
-    edges: torch.Tensor,
-    tables: torch.Tensor,
-    u: torch.Tensor,
-    mean: torch.Tensor,
-    cond: torch.Tensor,
-    x_min: float | torch.Tensor,
-    reference: torch.Tensor,
-    steps: int = MATCH_STEPS,
-) -> torch.Tensor:
-    """The per-gene level shift ``eta`` in ``[-1, 1]`` that makes the mean over the cells of
-    :func:`target_values` equal ``reference`` (one value per gene), by bisection.
-
-    The read-out's mean increases with ``eta``; a ``reference`` out of reach gives ``-1`` or
-    ``1``. Computed in blocks of :data:`GENE_BLOCK` genes.
-    """
-    n_genes = u.shape[1]
-    shift = torch.zeros(n_genes, dtype=u.dtype, device=u.device)
-    for g0 in range(0, n_genes, GENE_BLOCK):
-        cols = slice(g0, g0 + GENE_BLOCK)
-        sub = tables[..., cols].contiguous()
-        rows = _rows(sub, cond, assign_bins(mean[:, cols], edges[..., cols], cond))
-        m, level, ref = mean[:, cols], u[:, cols], reference[cols]
-        lo, hi = torch.full_like(ref, -1.0), torch.full_like(ref, 1.0)
-        for _ in range(steps):
-            mid = (lo + hi) / 2
-            value = (m + quantile_at(sub, rows, level + mid)).clamp_min(x_min).mean(0)
-            up = value < ref
-            lo, hi = torch.where(up, mid, lo), torch.where(up, hi, mid)
-        shift[cols] = (lo + hi) / 2
-    return shift
-
-
 # ---------------------------------------------------------------------------- storage
 class QuantileTables(nn.Module):
     """Holder of the read-out's ``edges`` and ``tables`` as buffers (``None`` until built).
@@ -289,6 +224,70 @@ class QuantileTables(nn.Module):
             raise ValueError(f"edges {tuple(edges.shape)} do not fit tables {tuple(tables.shape)}")
         self.edges = edges.detach().float().contiguous()
         self.tables = tables.detach().float().contiguous()
+
+    def rows(self, mean: Tensor, cond: Tensor, cols: slice = slice(None)) -> Tensor:
+        """:func:`_rows` of the bins of ``mean`` (of genes ``cols``) in conditions ``cond``.
+
+        For all genes, rows into :attr:`tables`; for a block ``cols``, rows into
+        ``tables[..., cols].contiguous()``.
+        """
+        bins = assign_bins(mean, self.edges[..., cols], cond)
+        return _rows(self.tables[..., cols], cond, bins)
+
+    def source_levels(
+        self, x: Tensor, mean: Tensor, cond: Tensor, x_min: float | Tensor, noise: Tensor
+    ) -> Tensor:
+        """``u = F_s(x - m_s)`` in the source condition's bin of ``mean`` (``m_s``); at the floor
+        (``x <= x_min``) ``noise * F_s(x_min - m_s)``. ``cond``: each cell's source condition."""
+        rows = self.rows(mean, cond)
+        floored = x <= x_min
+        u = cdf_at(self.tables, rows, x.clamp_min(x_min) - mean)
+        return torch.where(floored, noise * u, u)
+
+    def target_values(
+        self,
+        u: Tensor,
+        mean: Tensor,
+        cond: Tensor,
+        x_min: float | Tensor,
+        shift: Tensor | None = None,
+    ) -> Tensor:
+        """``max(x_min, m_t + Q_t(clip(u + shift, 0, 1)))`` in the target condition's bin of
+        ``mean`` (``m_t``); ``shift``: one per gene (:meth:`match_shift`), default 0."""
+        level = u if shift is None else u + shift
+        return (mean + quantile_at(self.tables, self.rows(mean, cond), level)).clamp_min(x_min)
+
+    def match_shift(
+        self,
+        u: Tensor,
+        mean: Tensor,
+        cond: Tensor,
+        x_min: float | Tensor,
+        reference: Tensor,
+        steps: int = MATCH_STEPS,
+    ) -> Tensor:
+        """The per-gene level shift ``eta`` in ``[-1, 1]`` that makes the mean over the cells of
+        :meth:`target_values` (of ``u, mean, cond, x_min``) equal ``reference`` (one value per
+        gene), by bisection.
+
+        The read-out's mean increases with ``eta``; a ``reference`` out of reach gives ``-1`` or
+        ``1``. Computed in blocks of :data:`GENE_BLOCK` genes.
+        """
+        n_genes = u.shape[1]
+        shift = torch.zeros(n_genes, dtype=u.dtype, device=u.device)
+        for g0 in range(0, n_genes, GENE_BLOCK):
+            cols = slice(g0, g0 + GENE_BLOCK)
+            sub = self.tables[..., cols].contiguous()
+            m, level, ref = mean[:, cols], u[:, cols], reference[cols]
+            rows = self.rows(m, cond, cols)
+            lo, hi = torch.full_like(ref, -1.0), torch.full_like(ref, 1.0)
+            for _ in range(steps):
+                mid = (lo + hi) / 2
+                value = (m + quantile_at(sub, rows, level + mid)).clamp_min(x_min).mean(0)
+                up = value < ref
+                lo, hi = torch.where(up, mid, lo), torch.where(up, hi, mid)
+            shift[cols] = (lo + hi) / 2
+        return shift
 
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors

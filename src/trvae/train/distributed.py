@@ -35,7 +35,8 @@ import copy
 import os
 import pickle
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -124,18 +125,47 @@ def portable(data: CellData) -> CellData:
 
 # ---------------------------------------------------------------------- processes
 @dataclass
-class _Job:
-    """Everything a training process needs (pickled by the caller, unpickled in each process)."""
+class FitJob:
+    """One call of :meth:`~trvae.train.plan.TrainingPlan.fit` but for its device.
+
+    What every training process of a DDP run does alike, and what :meth:`run` passes on:
+    ``plan`` fits ``module`` on ``data`` split into ``train_idx`` / ``val_idx``; ``seed``,
+    ``progress_bar``, ``on_epoch_end`` and ``resume_state`` are as in ``TrainingPlan.fit``.
+    """
 
     plan: TrainingPlan
     module: torch.nn.Module
     data: CellData
     train_idx: np.ndarray
     val_idx: np.ndarray
-    seed: int
-    progress_bar: bool
-    on_epoch_end: object
-    resume_state: dict | None
+    seed: int = 0
+    progress_bar: bool = True
+    on_epoch_end: Callable[[dict], None] | None = None
+    resume_state: dict | None = None
+
+    def run(
+        self, device: torch.device | str | None = None, distributed: bool = False
+    ) -> pd.DataFrame:
+        """``plan.fit`` of ``module`` (already on ``device``); returns the per-epoch history."""
+        return self.plan.fit(
+            self.module,
+            self.data,
+            self.train_idx,
+            self.val_idx,
+            seed=self.seed,
+            progress_bar=self.progress_bar,
+            on_epoch_end=self.on_epoch_end,
+            resume_state=self.resume_state,
+            device=device,
+            distributed=distributed,
+        )
+
+
+@dataclass
+class _Job:
+    """Everything a training process needs (pickled by the caller, unpickled in each process)."""
+
+    fit: FitJob
     device_type: str
     world_size: int
     port: int
@@ -165,19 +195,8 @@ def _worker(rank: int, payload: bytes) -> None:
         timeout=_TIMEOUT,
     )
     try:
-        module = job.module.to(device)
-        history = job.plan.fit(
-            module,
-            job.data,
-            job.train_idx,
-            job.val_idx,
-            seed=job.seed,
-            progress_bar=job.progress_bar,
-            on_epoch_end=job.on_epoch_end,
-            resume_state=job.resume_state,
-            device=device,
-            distributed=True,
-        )
+        module = job.fit.module.to(device)
+        history = job.fit.run(device, distributed=True)
         if rank == 0:
             result = {
                 "module": {k: v.detach().cpu() for k, v in module.state_dict().items()},
@@ -210,33 +229,17 @@ def _child_error(err: Exception, world_size: int) -> DistributedTrainingError:
     )
 
 
-def fit_distributed(
-    plan: TrainingPlan,
-    module: torch.nn.Module,
-    data: CellData,
-    train_idx: np.ndarray,
-    val_idx: np.ndarray,
-    setup: DeviceSetup,
-    seed: int = 0,
-    progress_bar: bool = True,
-    on_epoch_end=None,
-    resume_state: dict | None = None,
-) -> pd.DataFrame:
-    """Train ``module`` with DDP in ``setup.world_size`` spawned processes.
+def fit_distributed(fit: FitJob, setup: DeviceSetup) -> pd.DataFrame:
+    """Train ``fit.module`` with DDP in ``setup.world_size`` spawned processes.
 
     Parameters
     ----------
-    plan
-        The :class:`~trvae.train.plan.TrainingPlan`; every process runs its ``fit``.
-    module
-        The network, on CPU; it receives rank 0's final (best) weights and stays on CPU.
-    data, train_idx, val_idx
-        Cells and the training / validation split.
+    fit
+        What every process runs. ``fit.module`` is on CPU; it receives rank 0's final (best)
+        weights and stays on CPU. ``fit.on_epoch_end`` must be picklable and is called by
+        rank 0 only.
     setup
         From :func:`resolve_devices`, with ``world_size >= 2``.
-    seed, progress_bar, on_epoch_end, resume_state
-        As in :meth:`~trvae.train.plan.TrainingPlan.fit`; ``on_epoch_end`` must be picklable
-        and is called by rank 0 only.
 
     Returns
     -------
@@ -247,21 +250,18 @@ def fit_distributed(
     DistributedTrainingError
         When a process raises or dies; its traceback is in the message.
     """
-    data = portable(data)
+    fit = replace(  # the same module: it receives the result
+        fit,
+        data=portable(fit.data),
+        train_idx=np.asarray(fit.train_idx),
+        val_idx=np.asarray(fit.val_idx),
+    )
     n_threads = max(1, torch.get_num_threads() // setup.world_size)
     store = dist.TCPStore(_HOST, 0, None, True, _TIMEOUT, wait_for_workers=False)
     try:
         with tempfile.TemporaryDirectory(prefix="trvae-ddp-") as tmp:
             job = _Job(
-                plan=plan,
-                module=module,
-                data=data,
-                train_idx=np.asarray(train_idx),
-                val_idx=np.asarray(val_idx),
-                seed=seed,
-                progress_bar=progress_bar,
-                on_epoch_end=on_epoch_end,
-                resume_state=resume_state,
+                fit=fit,
                 device_type=setup.device_type,
                 world_size=setup.world_size,
                 port=store.port,
@@ -281,8 +281,8 @@ def fit_distributed(
             result = torch.load(job.result_path, weights_only=True, map_location="cpu")
     finally:
         del store
-    module.load_state_dict(result["module"])
-    module.eval()
+    fit.module.load_state_dict(result["module"])
+    fit.module.eval()
     history = pd.DataFrame(result["history"], columns=result["columns"])
     history.attrs["best_epoch"] = result["best_epoch"]
     return history
@@ -347,20 +347,8 @@ def _broadcast_state(module: torch.nn.Module) -> None:
                 tensor.copy_(value.view_as(tensor))
 
 
-def fit_launched(
-    plan: TrainingPlan,
-    module: torch.nn.Module,
-    data: CellData,
-    train_idx: np.ndarray,
-    val_idx: np.ndarray,
-    device_type: str,
-    launch: LaunchedDDP,
-    seed: int = 0,
-    progress_bar: bool = True,
-    on_epoch_end=None,
-    resume_state: dict | None = None,
-) -> pd.DataFrame:
-    """Train ``module`` as rank ``launch.rank`` of a job started by torchrun (``env://``).
+def fit_launched(fit: FitJob, device_type: str, launch: LaunchedDDP) -> pd.DataFrame:
+    """Train ``fit.module`` as rank ``launch.rank`` of a job started by torchrun (``env://``).
 
     The default process group is initialised from the environment (``gloo`` on CPU, ``nccl``
     on CUDA, GPU ``LOCAL_RANK``) unless the script did so already, and destroyed afterwards if
@@ -384,22 +372,11 @@ def fit_launched(
             f"{launch.world_size}"
         )
     try:
-        module.to(device)
-        history = plan.fit(
-            module,
-            data,
-            train_idx,
-            val_idx,
-            seed=seed,
-            progress_bar=progress_bar,
-            on_epoch_end=on_epoch_end,
-            resume_state=resume_state,
-            device=device,
-            distributed=True,
-        )
-        _broadcast_state(module)
+        fit.module.to(device)
+        history = fit.run(device, distributed=True)
+        _broadcast_state(fit.module)
     finally:
-        module.cpu()
+        fit.module.cpu()
         if owned:
             dist.destroy_process_group()
     return history

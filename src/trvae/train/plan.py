@@ -406,20 +406,14 @@ def _loss_sums(
     return [*sums.values(), len(idx)]
 
 
-def evaluate(
-    module: TRVAEModule,
-    data: CellData,
-    idx: np.ndarray,
-    batch_size: int,
-    device: torch.device | str | None = None,
-    precision: str = "32",
-) -> dict:
+def evaluate(*args, **kwargs) -> dict:
     """Mean loss terms over cells ``idx`` in evaluation mode (posterior mean, no dropout).
 
-    Batches go to ``device``, by default the device of ``module``'s parameters; ``precision``
-    as in :class:`TrainingPlan`.
+    Takes the arguments of the sums it divides, ``(module, data, idx, batch_size,
+    device=None, precision="32")``: batches of ``batch_size`` go to ``device``, by default the
+    device of ``module``'s parameters; ``precision`` as in :class:`TrainingPlan`.
     """
-    return _means(None, _loss_sums(module, data, idx, batch_size, device, precision))
+    return _means(None, _loss_sums(*args, **kwargs))
 
 
 def _means(prefix: str | None, totals: list[float]) -> dict[str, float]:
