@@ -25,12 +25,10 @@ per held-out row), ``genes.csv`` (one line per row and gene) and ``report.md``.
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import shlex
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from statistics import NormalDist
 
@@ -43,7 +41,13 @@ import trvae
 from trvae._errors import TRVAEError
 from trvae._io import atomic_write_text
 from trvae.cli import positive as _positive
-from trvae_benchmarks.common import run_lines, select_degs, software_line, torch_threads
+from trvae_benchmarks.common import (
+    blas_threads,
+    run_lines,
+    select_degs,
+    software_line,
+    torch_threads,
+)
 from trvae_benchmarks.kang import DEFAULT_METHODS
 from trvae_benchmarks.suite import (
     QUICK_EPOCHS,
@@ -52,7 +56,7 @@ from trvae_benchmarks.suite import (
     SYNTHETIC,
     DevSet,
     Fold,
-    hold_out,
+    iter_folds,
     load_set,
     row_name,
 )
@@ -277,28 +281,22 @@ def run_calibration(
     n_folds = sum(len(ds.groups) for ds in dev)
     lines: list[dict] = []
     folds: list[dict] = []
-    with torch_threads(n_threads or SUITE_THREADS) as threads, _blas_threads(threads):
-        k = 0
-        for ds in dev:
-            for group in ds.groups:
-                k += 1
-                gc.collect()
-                t0 = time.perf_counter()
-                fold = hold_out(ds, group)
-                new, fit_s = _fold_lines(
-                    ds, fold, n_models, seed, train_kw, model_kwargs or {}, threads
-                )
-                lines += new
-                folds.append(
-                    {
-                        "set": ds.name, "group": group, "training cells": fold.train.n_obs,
-                        "fit (s)": fit_s, "fold (s)": time.perf_counter() - t0,
-                    }
-                )  # fmt: skip
-                genes = pd.DataFrame(lines, columns=list(GENE_COLUMNS))
-                atomic_write_text(out / "genes.csv", genes.to_csv(index=False))
-                if verbose:
-                    _print_fold(k, n_folds, ds, group, pd.DataFrame(new), folds[-1])
+    with torch_threads(n_threads or SUITE_THREADS) as threads, blas_threads(threads):
+        for k, ds, group, fold, t0 in iter_folds(dev):
+            new, fit_s = _fold_lines(
+                ds, fold, n_models, seed, train_kw, model_kwargs or {}, threads
+            )
+            lines += new
+            folds.append(
+                {
+                    "set": ds.name, "group": group, "training cells": fold.train.n_obs,
+                    "fit (s)": fit_s, "fold (s)": time.perf_counter() - t0,
+                }
+            )  # fmt: skip
+            genes = pd.DataFrame(lines, columns=list(GENE_COLUMNS))
+            atomic_write_text(out / "genes.csv", genes.to_csv(index=False))
+            if verbose:
+                _print_fold(k, n_folds, ds, group, pd.DataFrame(new), folds[-1])
     genes = pd.DataFrame(lines, columns=list(GENE_COLUMNS))
     metrics = coverage_table(genes, levels)
     atomic_write_text(out / "metrics.csv", metrics.to_csv(index=False))
@@ -312,18 +310,6 @@ def run_calibration(
         print(summary_text(metrics), flush=True)
         print(f"wrote {out / 'report.md'}, {out / 'metrics.csv'}, {out / 'genes.csv'}")
     return metrics
-
-
-@contextmanager
-def _blas_threads(n: int) -> Iterator[None]:
-    """numpy's BLAS / OpenMP pools limited to ``n`` threads in the block (with threadpoolctl)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - scikit-learn (a scanpy dependency) brings it
-        yield
-        return
-    with threadpool_limits(n):
-        yield
 
 
 def _print_fold(k: int, n: int, ds: DevSet, group: str, new: pd.DataFrame, fold: dict) -> None:

@@ -41,6 +41,7 @@ __all__ = [
     "QUICK_N_BOOT",
     "HeldOutRun",
     "Split",
+    "blas_threads",
     "check_inputs",
     "fmt",
     "long_rows",
@@ -407,3 +408,15 @@ class HeldOutRun:
             f"{what}; `{condition_key}`: {control} → {stimulated}; `{cell_type_key}` held out: "
             + ", ".join(self.cell_types)
         )
+
+
+@contextmanager
+def blas_threads(n: int) -> Iterator[None]:
+    """numpy's BLAS / OpenMP pools limited to ``n`` threads in the block (with threadpoolctl)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - scikit-learn (a scanpy dependency) brings it
+        yield
+        return
+    with threadpool_limits(n):
+        yield

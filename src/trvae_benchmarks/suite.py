@@ -37,7 +37,6 @@ import gc
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +55,7 @@ from trvae.pp import log_normalize
 from trvae_benchmarks.baselines import dense, make_method
 from trvae_benchmarks.common import (
     N_BOOT,
+    blas_threads,
     select_degs,
     timed_fit,
     torch_threads,
@@ -330,6 +330,18 @@ def hold_out(ds: DevSet, group: str) -> Fold:
     )
 
 
+def iter_folds(dev: Sequence[DevSet]) -> Iterator[tuple[int, DevSet, str, Fold, float]]:
+    """(number, set, group, fold, start time) of every held-out group of ``dev``, in order; the
+    start time is taken before the fold's data are made (for timing the split)."""
+    k = 0
+    for ds in dev:
+        for group in ds.groups:
+            k += 1
+            gc.collect()
+            t0 = time.perf_counter()
+            yield k, ds, group, hold_out(ds, group), t0
+
+
 def row_name(ds: DevSet, group: str, perturbation: str) -> str:
     """``group`` with one perturbation, else ``group:perturbation``."""
     return group if len(ds.perturbations) == 1 else f"{group}:{perturbation}"
@@ -521,26 +533,20 @@ def run_suite(
     assessed: list[dict] = []
     timings: list[dict] = []
     n_folds = sum(len(ds.groups) for ds in dev)
-    with torch_threads(n_threads or SUITE_THREADS) as threads, _blas_threads(threads):
+    with torch_threads(n_threads or SUITE_THREADS) as threads, blas_threads(threads):
         cfg = _Config(
             train_kw, seed, n_boot or (QUICK_N_BOOT if quick else N_BOOT), threads, assess,
             max_epochs,
         )  # fmt: skip
         warm_up(min(ds.adata.n_vars for ds in dev), {})
-        k = 0
-        for ds in dev:
-            for group in ds.groups:
-                k += 1
-                gc.collect()
-                t0 = time.perf_counter()
-                fold = hold_out(ds, group)
-                split_s = time.perf_counter() - t0
-                timing = _score_fold(ds, fold, cfg, rows, assessed)
-                timing["fold (s)"] += split_s  # with the split (kang-counts: its HVGs)
-                timing = {**dict(list(timing.items())[:5]), "split (s)": split_s, **timing}
-                timings.append(timing)
-                write_metrics(out / "metrics.csv", rows, COLUMNS)
-                _print_fold(k, n_folds, ds, fold, rows, timing)
+        for k, ds, _group, fold, t0 in iter_folds(dev):
+            split_s = time.perf_counter() - t0
+            timing = _score_fold(ds, fold, cfg, rows, assessed)
+            timing["fold (s)"] += split_s  # with the split (kang-counts: its HVGs)
+            timing = {**dict(list(timing.items())[:5]), "split (s)": split_s, **timing}
+            timings.append(timing)
+            write_metrics(out / "metrics.csv", rows, COLUMNS)
+            _print_fold(k, n_folds, ds, fold, rows, timing)
     df = add_best_mean_shift(pd.DataFrame(rows, columns=list(COLUMNS)))
     write_metrics(out / "metrics.csv", df.to_dict("records"), COLUMNS)
     runtime = time.perf_counter() - start
@@ -548,18 +554,6 @@ def run_suite(
         out, df, dev, timings, runtime, cfg, quick=quick, command=command, assessed=assessed
     )
     return df
-
-
-@contextmanager
-def _blas_threads(n: int) -> Iterator[None]:
-    """numpy's BLAS / OpenMP pools limited to ``n`` threads in the block (with threadpoolctl)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - scikit-learn (a scanpy dependency) brings it
-        yield
-        return
-    with threadpool_limits(n):
-        yield
 
 
 def _print_fold(k: int, n: int, ds: DevSet, fold: Fold, rows: list, timing: dict) -> None:
