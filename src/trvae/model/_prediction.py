@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Iterator
 
 import anndata
@@ -12,11 +11,9 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
-from trvae._errors import TRVAEError
 from trvae.data import validation as V
 from trvae.data.cell_data import CellData
 from trvae.data.h5ad import write_h5ad_chunked
-from trvae.module import readout
 from trvae.train.devices import on_device, resolve_devices
 from trvae.train.precision import autocast, check_precision
 
@@ -219,82 +216,6 @@ class PredictionMixin:
         result = AnnData(pred, obs=obs, var=var)
         result.uns.update(uns)
         return result
-
-    def _readout_mode(self, mode: str, likelihood: str) -> str:
-        """``mode`` of :meth:`predict` checked, ``"auto"`` resolved."""
-        if mode not in ("auto", "decode", "residual", "quantile"):
-            raise TRVAEError(
-                f"mode must be 'auto', 'decode', 'residual' or 'quantile', got {mode!r}"
-            )
-        built = self.module.readout.built
-        if mode == "auto":
-            if likelihood != "mse":
-                return "decode"
-            if built:
-                return "quantile"
-            warnings.warn(
-                "this model has no quantile read-out tables (saved by an older trvae, or not "
-                "trained): predicting with mode='residual'; retrain it for mode='quantile'",
-                UserWarning,
-                stacklevel=3,
-            )
-            return "residual"
-        if mode == "quantile" and likelihood != "mse":
-            raise TRVAEError(f"mode='quantile' is for likelihood='mse', not {likelihood!r}")
-        if mode == "quantile" and not built:
-            raise TRVAEError(
-                "this model has no quantile read-out tables (saved by an older trvae, or not "
-                "trained): retrain it, or predict with mode='residual'"
-            )
-        return mode
-
-    def _quantile_fn(
-        self, data: CellData, target: int, seed: int, batch_size: int, accelerator, precision
-    ):
-        """The batch function of ``mode="quantile"`` (:mod:`trvae.module.readout`), after its
-        first pass: the per-gene shift that matches the residual read-out's mean, set on at
-        most :data:`~trvae.module.readout.MATCH_CELLS` cells (all of them when fewer, then in
-        the same batches with the same floor levels as the second pass)."""
-        module, tables = self.module, self.module.readout
-        cells = np.arange(len(data))
-        if len(data) > readout.MATCH_CELLS:
-            rng = np.random.default_rng([int(seed) % 2**63, len(data)])
-            cells = np.sort(rng.choice(len(data), readout.MATCH_CELLS, replace=False))
-
-        def levels(x, c, lib, start):
-            """Each entry's source level u, the source and the target means."""
-            z = module.inference(x, c)["z_mean"]
-            source = module.generative(z, c, lib)["mean"]
-            to = module.generative(z, torch.full_like(c, target), lib)["mean"]
-            noise = readout.floor_noise(seed, start, tuple(x.shape), x.device)
-            u = tables.source_levels(x, source, c, module.x_min, noise)
-            return u, source, to
-
-        def batch_function(first_pass: bool):
-            position = 0
-
-            def fn(x, c, lib):
-                nonlocal position
-                u, source, to = levels(x, c, lib, position)
-                position += len(x)
-                if first_pass:
-                    residual = (x + to - source).clamp_min(module.x_min)
-                    return torch.cat([u, to, residual], dim=1)
-                cond = torch.full_like(c, target)
-                return tables.target_values(u, to, cond, module.x_min, shift.to(x.device))
-
-            return fn
-
-        first = self._outputs(data, batch_function(True), batch_size, accelerator, precision, cells)
-        parts = [part.cpu() for part in first]
-        if not parts:  # no cells: nothing to match
-            shift = torch.zeros(module.n_input)
-            return batch_function(False)
-        u, to, residual = torch.cat(parts).chunk(3, dim=1)
-        cond = torch.full((len(u),), target, dtype=torch.long)
-        reference = residual.mean(0, dtype=torch.float64).float()
-        shift = tables.match_shift(u, to, cond, module.x_min, reference)
-        return batch_function(False)
 
     @staticmethod
     def _write_prediction(batches, out, obs, var, uns, counts: bool) -> AnnData:

@@ -18,6 +18,7 @@ from trvae.data import validation as V
 from trvae.data.cell_data import CellData
 from trvae.model._assessment import AssessmentMixin
 from trvae.model._prediction import PredictionMixin
+from trvae.model._readout import ReadoutMixin
 from trvae.model._save_load import SaveLoadMixin
 from trvae.model._training import TrainingMixin
 from trvae.module import ARCHITECTURES, DECODER_CONDITIONING, LIKELIHOODS, MMD_ON, TRVAEModule
@@ -43,7 +44,7 @@ DEFAULT_BETA: dict[tuple[str, bool], float] = {
 DEFAULT_DECODER_CONDITIONING: dict[bool, str] = {False: "mmd_layer", True: "all_layers"}
 
 
-class TRVAE(TrainingMixin, PredictionMixin, AssessmentMixin, SaveLoadMixin):
+class TRVAE(TrainingMixin, PredictionMixin, ReadoutMixin, AssessmentMixin, SaveLoadMixin):
     """trVAE: a conditional VAE whose first decoder layer is made condition-independent by MMD.
 
     Parameters
