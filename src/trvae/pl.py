@@ -116,7 +116,8 @@ def mean_scatter(
 
     Returns
     -------
-    matplotlib.figure.Figure
+    Figure
+        The scatter: predicted (x) against real (y) per-gene means.
 
     Examples
     --------
@@ -139,7 +140,8 @@ def var_scatter(
 
     Returns
     -------
-    matplotlib.figure.Figure
+    Figure
+        The figure of :func:`var_scatter`.
 
     Examples
     --------
@@ -177,7 +179,8 @@ def response_violin(
 
     Returns
     -------
-    matplotlib.figure.Figure
+    Figure
+        One panel per gene: control, predicted and real violins.
 
     Examples
     --------
@@ -226,7 +229,8 @@ def r2_bars(
 
     Returns
     -------
-    matplotlib.figure.Figure
+    Figure
+        The figure of :func:`r`.
 
     Examples
     --------
@@ -292,7 +296,8 @@ def logfc_scatter(
 
     Returns
     -------
-    matplotlib.figure.Figure
+    Figure
+        One panel per method: predicted against real logFC.
 
     Examples
     --------
