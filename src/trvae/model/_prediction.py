@@ -67,6 +67,14 @@ class PredictionMixin:
 
         ``accelerator`` and ``precision`` as in :meth:`train` (``"auto"``: a GPU when there is
         one; ``"bf16-mixed"``: bfloat16 autocast, float32 results).
+
+        Examples
+        --------
+        >>> import trvae
+        >>> adata = trvae.datasets.simulate_perturbation(n_genes=20, cells_per_group=10)
+        >>> model = trvae.TRVAE(adata, "condition", n_latent=3)
+        >>> model.get_latent(adata, accelerator="cpu").shape
+        (100, 3)
         """
 
         def fn(x, c, _):
@@ -87,6 +95,14 @@ class PredictionMixin:
         Cells are encoded with their own condition; y is decoded with ``condition`` when
         given, else with the cell's own condition. ``accelerator`` and ``precision`` as in
         :meth:`train`.
+
+        Examples
+        --------
+        >>> import trvae
+        >>> cells = trvae.datasets.simulate_perturbation(n_genes=20, cells_per_group=10)
+        >>> y = trvae.TRVAE(cells, "condition", n_mmd=16).get_mmd_layer(cells, accelerator="cpu")
+        >>> y.shape
+        (100, 16)
         """
         data = self._cell_data(adata)
         target = None if condition is None else self._code(condition)
@@ -172,6 +188,15 @@ class PredictionMixin:
         AnnData with the same genes (the model's order) and a copy of ``adata.obs`` in which
         ``condition_key`` is set to ``target_condition``. ``uns["trvae_prediction"]["values"]``
         says what X holds: ``"quantile"``, ``"residual"``, ``"mean"`` or ``"sample"``.
+
+        Examples
+        --------
+        >>> from trvae import TRVAE, datasets
+        >>> adata = datasets.simulate_perturbation(n_genes=20, cells_per_group=10)
+        >>> model = TRVAE(adata, "condition").train(max_epochs=2, progress_bar=False)
+        >>> pred = model.predict(adata[:5], "stimulated", mode="residual", accelerator="cpu")
+        >>> pred.uns["trvae_prediction"]["values"], pred.shape
+        ('residual', (5, 20))
         """
         adata = V.as_anndata(adata)
         likelihood = self.init_params["likelihood"]

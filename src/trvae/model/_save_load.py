@@ -52,6 +52,15 @@ class SaveLoadMixin:
 
         Everything is written to a temporary directory beside ``path`` and then renamed, so an
         interrupted save leaves any previous model at ``path`` intact.
+
+        Examples
+        --------
+        >>> import tempfile, trvae
+        >>> adata = trvae.datasets.simulate_perturbation(n_genes=20, cells_per_group=10)
+        >>> folder = tempfile.mkdtemp()
+        >>> trvae.TRVAE(adata, "condition").save(f"{folder}/model")
+        >>> trvae.TRVAE.load(f"{folder}/model").conditions_
+        ['control', 'stimulated']
         """
         with atomic_directory(path, overwrite) as tmp:
             torch.save(self.module.state_dict(), tmp / _WEIGHTS)
@@ -63,7 +72,8 @@ class SaveLoadMixin:
         """Load a model saved with :meth:`save`; ``adata`` (optional) becomes its training data.
 
         Raises :class:`~trvae.ModelLoadError` naming the file or field that is missing,
-        corrupt or incompatible. Weights are loaded with ``weights_only=True``.
+        corrupt or incompatible. Weights are loaded with ``weights_only=True``. See
+        :meth:`save` for an example.
         """
         path = Path(path)
         backup = directory_backup(path)

@@ -81,6 +81,15 @@ class TrainingMixin:
         precision
             ``"32"`` (default) or ``"bf16-mixed"``: forward passes under bfloat16 autocast,
             weights, loss and MMD in float32 (:mod:`trvae.train.precision`).
+
+        Examples
+        --------
+        >>> import trvae
+        >>> data = trvae.datasets.simulate_perturbation(n_genes=20, cells_per_group=10)
+        >>> model = trvae.TRVAE(data, "condition", n_hidden=(16,))
+        >>> history = model.train(max_epochs=3, progress_bar=False, accelerator="cpu").history
+        >>> list(history["epoch"])
+        [0, 1, 2]
         """
         setup = resolve_devices(accelerator, devices, strategy)
         launch = launched_ddp(devices, strategy)

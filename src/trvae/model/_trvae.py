@@ -211,6 +211,14 @@ class TRVAE(TrainingMixin, PredictionMixin, ReadoutMixin, AssessmentMixin, SaveL
 
         The keys are stored in ``adata.uns["_trvae"]`` and used when :class:`TRVAE` is
         created without them.
+
+        Examples
+        --------
+        >>> from trvae import TRVAE, datasets
+        >>> adata = datasets.simulate_perturbation(n_genes=20, cells_per_group=10)
+        >>> TRVAE.setup_anndata(adata, condition_key="condition", layer="counts")
+        >>> TRVAE(adata, likelihood="nb").layer
+        'counts'
         """
         V.check_adata(adata)
         V.check_obs_key(adata, condition_key)
