@@ -16,7 +16,7 @@ HERE = Path(__file__).resolve().parent
 
 project = "trvae"
 author = "the trvae developers"
-copyright = "the trvae developers"  # noqa: A001 - Sphinx's name
+copyright = "the trvae developers"
 try:
     release = _dist_version("trvae-torch")
 except PackageNotFoundError:  # pragma: no cover - building without the package installed

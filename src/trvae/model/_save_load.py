@@ -14,8 +14,8 @@ from anndata import AnnData
 from trvae._errors import ModelLoadError
 from trvae._io import atomic_directory, atomic_write_text, directory_backup, torch_load_error
 
-if TYPE_CHECKING:
-    from trvae.model._trvae import TRVAE
+if TYPE_CHECKING:  # the class these mixins end up in
+    from typing_extensions import Self
 
 FORMAT_VERSION = 1
 _WEIGHTS, _CONFIG, _HISTORY = "model.pt", "config.json", "history.csv"
@@ -68,7 +68,7 @@ class SaveLoadMixin:
             self.history.to_csv(tmp / _HISTORY, index=False)
 
     @classmethod
-    def load(cls, path: str | Path, adata: AnnData | None = None) -> TRVAE:
+    def load(cls, path: str | Path, adata: AnnData | None = None) -> Self:
         """Load a model saved with :meth:`save`; ``adata`` (optional) becomes its training data.
 
         Raises :class:`~trvae.ModelLoadError` naming the file or field that is missing,

@@ -19,8 +19,8 @@ from trvae.train.distributed import FitJob, fit_distributed, fit_launched, launc
 from trvae.train.plan import TrainingPlan, epoch_budget
 from trvae.train.precision import autocast
 
-if TYPE_CHECKING:
-    from trvae.model._trvae import TRVAE
+if TYPE_CHECKING:  # the class these mixins end up in
+    from typing_extensions import Self
 
 
 class TrainingMixin:
@@ -43,7 +43,7 @@ class TrainingMixin:
         strategy: str = "auto",
         precision: str = "32",
         **plan_kwargs,
-    ) -> TRVAE:
+    ) -> Self:
         """Fit the model on the AnnData it was created with.
 
         Parameters

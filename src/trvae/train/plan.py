@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -18,6 +17,7 @@ from tqdm.auto import tqdm
 from trvae.data.cell_data import CellData
 from trvae.module import TRVAEModule
 from trvae.train import checkpoint
+from trvae.train._ddp import _NO_FORWARD_BUFFER_SYNC, _all_reduce, _broadcast_buffers, _Loss
 from trvae.train.precision import autocast, check_precision
 
 LOSS_TERMS = ("loss", "reconstruction", "kl", "mmd")
@@ -321,54 +321,9 @@ class _Run:
         return torch.device("cpu") if self.device.type == "mps" else self.device
 
 
-# DDP's per-forward broadcast of buffers, turned off (its keyword changed in torch 2.13)
-_NO_FORWARD_BUFFER_SYNC = (
-    {"forward_sync_buffers": False}
-    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
-    else {"broadcast_buffers": False}
-)
-
-
-class _Loss(nn.Module):
-    """The module's loss as ``forward``, so that DDP's gradient hooks see the computation."""
-
-    def __init__(self, module: TRVAEModule) -> None:
-        super().__init__()
-        self.module = module
-
-    def forward(
-        self, x: torch.Tensor, condition: torch.Tensor, library: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        return self.module.loss(x, condition, library)
-
-
 def _module_device(module: nn.Module) -> torch.device:
     param = next(module.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
-
-
-def _broadcast_buffers(module: nn.Module) -> None:
-    """Give every rank rank 0's buffers (BatchNorm running statistics), which DDP does not sync.
-
-    One broadcast per dtype, of the buffers flattened into one tensor.
-    """
-    groups: dict[torch.dtype, list[torch.Tensor]] = {}
-    for buffer in module.buffers():
-        groups.setdefault(buffer.dtype, []).append(buffer)
-    for buffers in groups.values():
-        flat = torch.cat([b.detach().reshape(-1) for b in buffers])
-        dist.broadcast(flat, 0)
-        for buffer, value in zip(buffers, flat.split([b.numel() for b in buffers]), strict=True):
-            buffer.copy_(value.view_as(buffer))
-
-
-def _all_reduce(values: list[float], device: torch.device) -> list[float]:
-    """Sum ``values`` over ranks; rank 0's result is broadcast so that all ranks hold its bits."""
-    where = device if device.type == "cuda" else torch.device("cpu")
-    tensor = torch.tensor(values, dtype=torch.float64, device=where)
-    dist.all_reduce(tensor)
-    dist.broadcast(tensor, 0)
-    return tensor.tolist()
 
 
 def _adam(params, **kwargs) -> torch.optim.Adam:
