@@ -162,3 +162,12 @@ def test_errors(files, tmp_path, capsys):
     assert main(["train", str(data)]) == 2  # argparse: missing options
     assert "required" in capsys.readouterr().err
     assert main(["--version"]) == 0
+
+
+def test_train_prints_the_self_assessment(files, tmp_path, capsys):
+    data, _ = files
+    argv = ["train", str(data), "--condition-key", "condition", *TINY, "--out", tmp_path / "m"]
+    assert main([str(a) for a in argv] + ["--group-key", "cell_type", "--assess-groups", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "self-assessment (cell_type): beat the mean shift in" in out
+    assert "of 2 pseudo-held-out groups" in out

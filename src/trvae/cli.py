@@ -66,13 +66,11 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         raise TRVAEError(f"{out} exists; pass --overwrite to replace it")
     model = TRVAE(adata, condition_key=args.condition_key, **model_kwargs)
     start = time.perf_counter()
+    budget = arg_kwargs(args, "max_epochs", "batch_size", "lr", "accelerator", "precision")
     model.train(
         progress_bar=not args.quiet,
-        **arg_kwargs(
-            args,
-            *("max_epochs", "batch_size", "lr", "seed", "checkpoint_dir", "resume"),
-            *("accelerator", "devices", "strategy", "precision"),
-        ),
+        **budget,
+        **arg_kwargs(args, "seed", "checkpoint_dir", "resume", "devices", "strategy"),
     )
     model.save(out, overwrite=args.overwrite)
     best = model.history.attrs.get("best_epoch", "?")
@@ -80,6 +78,9 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         f"trained {model!r} on {adata.n_obs} cells in {time.perf_counter() - start:.0f}s "
         f"({len(model.history)} epochs, best {best}); saved to {out}"
     )
+    if args.group_key is not None:  # the self-assessment: n_groups more fits, same budget
+        table = model.assess(args.group_key, n_groups=args.assess_groups, seed=args.seed, **budget)
+        print(f"self-assessment ({args.group_key}): {table.attrs['verdict']}")
     return 0
 
 
@@ -172,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("within", "shared"),
         help="with --mmd-group-key: compare within each group (default) or pooled over shared ones",
     )
+    p.add_argument(
+        "--group-key",
+        help="obs column of groups (e.g. cell_type): after training, hold out each of "
+        "--assess-groups groups' perturbed cells in turn, refit, and print how the model did "
+        "against the other groups' mean shift (TRVAE.assess)",
+    )
+    p.add_argument("--assess-groups", type=positive, default=3, help="groups to assess (3)")
     p.add_argument("--out", required=True, metavar="MODEL_DIR")
     p.add_argument("--overwrite", action="store_true", help="replace an existing MODEL_DIR")
     p.add_argument("--checkpoint-dir", help="write the training state here after every epoch")
