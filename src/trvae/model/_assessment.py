@@ -157,13 +157,11 @@ def _pseudo_held_out(
     return [(g, t) for g in chosen for t in targets if frame.loc[g, t] >= MIN_CELLS]
 
 
-def _dense(x) -> np.ndarray:
-    return np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float64)
-
-
 def _mean_shift(
     adata: AnnData, layer: str | None, target: np.ndarray, source: np.ndarray
 ) -> np.ndarray:
+    from trvae.metrics._helpers import _dense  # lazily: scipy.stats off `import trvae`
+
     x = V.get_matrix(adata, layer)
     return (
         _dense(x[np.flatnonzero(target)].mean(0)).ravel()
@@ -173,6 +171,7 @@ def _mean_shift(
 
 def _score(group, target, real: AnnData, source: AnnData, pred, shift, layer) -> dict:
     from trvae.metrics import delta_pearson, energy_distance, r2_mean, top_degs
+    from trvae.metrics._helpers import _dense
 
     labels = ["real"] * real.n_obs + ["control"] * source.n_obs
     both = AnnData(
