@@ -209,7 +209,12 @@ class TRVAEMethod(Method):
     def predict(self, control_adata: AnnData) -> np.ndarray:
         if self.var_names is None:
             raise TRVAEError(f"{type(self).__name__} is not fitted: call fit() first")
-        pred = self.model.predict(control_adata, self.stimulated, source_condition=self.control)
+        pred = self.model.predict(
+            control_adata,
+            self.stimulated,
+            source_condition=self.control,
+            precision=self.kwargs.get("precision", "32"),
+        )
         return dense(pred.X)
 
     def embeddings(self, adata: AnnData) -> dict[str, np.ndarray]:

@@ -64,6 +64,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--threads", type=_positive, help="torch CPU threads (default: torch's)")
+    p.add_argument(
+        "--precision",
+        choices=("32", "bf16-mixed"),
+        default="32",
+        help="kang, kang-counts: precision of trVAE's training and prediction (default 32)",
+    )
     _add_suite_arguments(p)
     add_calibration_arguments(p)
     add_bench_parser(sub)
@@ -200,6 +206,7 @@ def _cell_benchmark_kwargs(args: argparse.Namespace, argv: Sequence[str]) -> dic
         "cell_types": args.cell_types,
         "max_epochs": args.max_epochs,
         "model_kwargs": _benchmark_model_kwargs(args),
+        "train_kwargs": {"precision": args.precision} if args.precision != "32" else None,
         "n_boot": args.n_boot,
         "seed": args.seed,
         "progress_bar": not args.quiet,

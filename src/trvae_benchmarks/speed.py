@@ -141,11 +141,13 @@ def _time_training(
     precision: str = "32",
 ) -> tuple:
     """(seconds, steps) of :class:`TrainingPlan` fits on ``device``: a warm-up fit, then the
-    timed one."""
+    timed one. On CUDA the matrix is copied to the device first when it fits (as ``train()``
+    does), outside the timing."""
+    from trvae.data.device_data import to_device_data
     from trvae.train.devices import on_device
     from trvae.train.plan import TrainingPlan
 
-    data = model._cell_data(model.adata)
+    data = to_device_data(model._cell_data(model.adata), device)  # resident on a GPU it fits
     per_epoch = len(data) // batch_size
     none = np.array([], dtype=int)
     fit = {"seed": seed, "progress_bar": False, "device": device}

@@ -42,6 +42,7 @@ class TrainingMixin:
         devices: int | str = "auto",
         strategy: str = "auto",
         precision: str = "32",
+        data_on_device: bool | None = None,
         **plan_kwargs,
     ) -> Self:
         """Fit the model on the AnnData it was created with.
@@ -81,6 +82,12 @@ class TrainingMixin:
         precision
             ``"32"`` (default) or ``"bf16-mixed"``: forward passes under bfloat16 autocast,
             weights, loss and MMD in float32 (:mod:`trvae.train.precision`).
+        data_on_device
+            Copy the expression matrix to the training device once and draw every mini-batch
+            there (:mod:`trvae.data.device_data`): ``None`` (default) on a CUDA device when it
+            takes at most half of its free memory, ``True`` always (an in-memory matrix only),
+            ``False`` never. Data left on the host are prefetched by a background thread on
+            CUDA. The batches, and so the fit, are the same either way.
 
         Examples
         --------
@@ -123,7 +130,7 @@ class TrainingMixin:
             raise TRVAEError("resume=True needs the checkpoint_dir of the interrupted run")
         fit = FitJob(
             *(plan, self.module, train_data, train_idx, val_idx),
-            *(seed, progress_bar, on_epoch_end, resume_state),
+            *(seed, progress_bar, on_epoch_end, resume_state, data_on_device),
         )
         if launch is not None:  # torchrun: this process is one rank of the job
             self.history = fit_launched(fit, setup.device_type, launch)

@@ -50,6 +50,7 @@ from scipy import sparse
 
 from trvae._errors import TRVAEError
 from trvae.data.cell_data import CellData
+from trvae.data.device_data import to_device_data
 from trvae.train.devices import DeviceSetup
 
 if TYPE_CHECKING:
@@ -130,7 +131,8 @@ class FitJob:
 
     What every training process of a DDP run does alike, and what :meth:`run` passes on:
     ``plan`` fits ``module`` on ``data`` split into ``train_idx`` / ``val_idx``; ``seed``,
-    ``progress_bar``, ``on_epoch_end`` and ``resume_state`` are as in ``TrainingPlan.fit``.
+    ``progress_bar``, ``on_epoch_end`` and ``resume_state`` are as in ``TrainingPlan.fit``;
+    ``data_on_device`` as in :func:`~trvae.data.device_data.to_device_data`.
     """
 
     plan: TrainingPlan
@@ -142,6 +144,7 @@ class FitJob:
     progress_bar: bool = True
     on_epoch_end: Callable[[dict], None] | None = None
     resume_state: dict | None = None
+    data_on_device: bool | None = None
 
     def run(
         self, device: torch.device | str | None = None, distributed: bool = False
@@ -149,7 +152,7 @@ class FitJob:
         """``plan.fit`` of ``module`` (already on ``device``); returns the per-epoch history."""
         return self.plan.fit(
             self.module,
-            self.data,
+            to_device_data(self.data, device, self.data_on_device),
             self.train_idx,
             self.val_idx,
             seed=self.seed,

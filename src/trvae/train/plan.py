@@ -15,6 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from trvae.data.cell_data import CellData
+from trvae.data.device_data import DeviceCellData, prefetched
 from trvae.module import TRVAEModule
 from trvae.train import checkpoint
 from trvae.train._ddp import _NO_FORWARD_BUFFER_SYNC, _all_reduce, _broadcast_buffers, _Loss
@@ -84,7 +85,7 @@ class TrainingPlan:
     def fit(
         self,
         module: TRVAEModule,
-        data: CellData,
+        data: CellData | DeviceCellData,
         train_idx: np.ndarray,
         val_idx: np.ndarray,
         seed: int = 0,
@@ -214,6 +215,8 @@ class TrainingPlan:
         batches = data.batches(
             cells, self.batch_size, shuffle=True, generator=shuffler, drop_small_last=True
         )
+        if run.device.type == "cuda" and not isinstance(data, DeviceCellData):
+            batches = prefetched(batches, run.device)  # host batches: prepared ahead, pinned
         for batch in batches:
             x, cond, lib = (t.to(run.device, non_blocking=True) for t in batch)
             with autocast(self.precision, run.device):  # the backward pass runs outside it
