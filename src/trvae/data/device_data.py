@@ -130,11 +130,12 @@ class DeviceCellData:
             indices = (generator or np.random.default_rng()).permutation(indices)
         on_device = torch.as_tensor(indices, device=self.device)
         ends = None if self._dense is not None else np.cumsum(self._row_nnz[indices])
+        ends = None if ends is None else np.concatenate([[0], ends])
         for start in range(0, len(indices), batch_size):
             stop = min(start + batch_size, len(indices))
             if drop_small_last and start > 0 and stop - start < max(2, batch_size // 4):
                 return
-            n_values = 0 if ends is None else int(ends[stop - 1] - (ends[start - 1] if start else 0))
+            n_values = 0 if ends is None else int(ends[stop] - ends[start])
             rows = on_device[start:stop]
             x = self._gather(rows, n_values)
             yield x, self._conditions[rows], x.sum(1)
