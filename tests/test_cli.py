@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from trvae import TRVAE
 from trvae.cli import main
 
 TINY = ["--n-hidden", "16", "--n-latent", "4", "--n-mmd", "8", "--max-epochs", "2", "--quiet"]
@@ -171,3 +172,9 @@ def test_train_prints_the_self_assessment(files, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "self-assessment (cell_type): beat the mean shift in" in out
     assert "of 2 pseudo-held-out groups" in out
+    saved = TRVAE.load(tmp_path / "m").init_params["anchor"]
+    assert f"saved the chosen anchor {saved:g} with the model" in out
+    pred = tmp_path / "p.h5ad"
+    argv = ["predict", tmp_path / "m", data, "--target-condition", "stimulated", "--anchor", "1"]
+    assert main([str(a) for a in [*argv, "--source-condition", "control", "--out", pred]]) == 0
+    assert ad.read_h5ad(pred).uns["trvae_prediction"]["anchor"] == 1.0

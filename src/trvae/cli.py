@@ -58,6 +58,7 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         args,
         *("layer", "likelihood", "n_latent", "n_hidden", "n_mmd", "alpha", "beta"),
         *("mmd_group_key", "decoder_conditioning", "mmd_estimator", "mmd_on", "mmd_grouping"),
+        "anchor",
         given_only=True,
     )
     model_kwargs.update(dropout=args.dropout, seed=args.seed)
@@ -79,8 +80,15 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         f"({len(model.history)} epochs, best {best}); saved to {out}"
     )
     if args.group_key is not None:  # the self-assessment: n_groups more fits, same budget
-        table = model.assess(args.group_key, n_groups=args.assess_groups, seed=args.seed, **budget)
+        choose = args.anchor is None  # an --anchor given is kept
+        table = model.assess(
+            args.group_key, n_groups=args.assess_groups, seed=args.seed, choose_anchor=choose,
+            **budget,
+        )  # fmt: skip
         print(f"self-assessment ({args.group_key}): {table.attrs['verdict']}")
+        if choose:
+            model.save(out, overwrite=True)
+            print(f"saved the chosen anchor {model.init_params['anchor']:g} with the model")
     return 0
 
 
@@ -115,6 +123,7 @@ def _predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
         source_condition=args.source_condition,
         return_mean=not args.sample,
         **arg_kwargs(args, "seed", "accelerator", "precision"),
+        **arg_kwargs(args, "anchor", given_only=True),
     )
     write_h5ad(pred, Path(args.out))
     print(f"predicted {pred.n_obs} cells x {pred.n_vars} genes as {args.target_condition!r}")
@@ -180,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
         "against the other groups' mean shift (TRVAE.assess)",
     )
     p.add_argument("--assess-groups", type=positive, default=3, help="groups to assess (3)")
+    p.add_argument(
+        "--anchor",
+        type=float,
+        help="weight in [0, 1] of the mean shift in predicted mean responses (TRVAE's anchor; "
+        "default: the package's, or with --group-key the one the self-assessment chooses)",
+    )
     p.add_argument("--out", required=True, metavar="MODEL_DIR")
     p.add_argument("--overwrite", action="store_true", help="replace an existing MODEL_DIR")
     p.add_argument("--checkpoint-dir", help="write the training state here after every epoch")
@@ -203,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of --sample")
     p.add_argument("--accelerator", default="auto", help="auto (default), cpu, gpu/cuda, mps")
     p.add_argument("--precision", **PRECISION_ARG)
+    p.add_argument(
+        "--anchor", type=float, help="weight of the mean shift (default: the model's anchor)"
+    )
     p.add_argument("--out", required=True, metavar="PRED.h5ad")
 
     for register in _extensions():

@@ -10,9 +10,11 @@ import pandas as pd
 
 COLUMNS = ("set", "row", "group", "perturbation", "method", "metric", "value")
 TRVAE_NAME, CVAE_NAME = "trVAE", "CVAE"
+#: trVAE predicting with the anchor weight its ``assess`` chose on the fold's training data.
+ASSESSED_NAME = "trVAE + assess"
 MS_GROUPS, MS_ALL = "mean shift (other groups)", "mean shift (all cells)"
 BEST = "best mean shift"
-METHODS = (TRVAE_NAME, CVAE_NAME, BEST, MS_GROUPS, MS_ALL, "control")
+METHODS = (TRVAE_NAME, ASSESSED_NAME, CVAE_NAME, BEST, MS_GROUPS, MS_ALL, "control")
 #: Metrics where lower is better (all others: higher is better).
 LOWER_BETTER = frozenset(
     {"edist_top100", "edist_pca", "mmd_top100", "mmd_pca", "wasserstein_top100", "fit_seconds"}

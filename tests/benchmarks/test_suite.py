@@ -13,6 +13,7 @@ from trvae.cli import main
 from trvae.datasets import simulate_perturbation
 from trvae_benchmarks import suite
 from trvae_benchmarks.suite import (
+    ASSESSED_NAME,
     BEST,
     DEFAULTS_PARAGRAPH,
     MS_ALL,
@@ -57,8 +58,12 @@ def spied_run(tmp_path_factory):
 
         def assess(self, group_key, n_groups, seed, control, **train_kwargs):
             assert (n_groups, seed, train_kwargs) == (3, 0, {"max_epochs": 1})
-            result = pd.DataFrame({"group": ["a", "b", "c"], "delta_pearson": [0.1, 0.5, 0.9]})
+            result = pd.DataFrame(
+                {"group": list("abcabc"), "anchor": [0.0] * 3 + [0.5] * 3,
+                 "delta_pearson": [0.1, 0.5, 0.9, 0.2, 0.6, 1.0]}
+            )  # fmt: skip
             result.attrs["verdict"] = "fine"
+            self.init_params["anchor"] = 0.5  # as assess's choice
             return result
 
     out = tmp_path_factory.mktemp("suite")
@@ -228,7 +233,14 @@ def test_report_csv_and_assess_written(spied_run, capsys):
     assert (out / "figures" / "trvae_vs_best_mean_shift.png").stat().st_size > 0
     assess = df[(df["metric"] == "assess_delta_pearson") & (df["method"] == "trVAE")]
     assert len(assess) == len(set(zip(df["set"], df["row"], strict=True)))
-    assert np.allclose(assess["value"], 0.5)  # the median of the spy's table
+    assert np.allclose(assess["value"], 0.5)  # the median of the spy's default-anchor rows
+    chosen = df[(df["metric"] == "assess_anchor") & (df["method"] == ASSESSED_NAME)]
+    assert len(chosen) == len(assess) and np.allclose(chosen["value"], 0.5)
+    r2 = df[df["metric"] == "r2_mean_top100"].pivot_table(
+        index=["set", "row"], columns="method", values="value"
+    )
+    assert (r2[ASSESSED_NAME] != r2["trVAE"]).any()  # the default row kept anchor 0
+    assert f"**{ASSESSED_NAME}** (a second configuration, not the default" in text
 
 
 def test_assess_without_the_method_is_a_clear_error(monkeypatch, tmp_path):

@@ -41,19 +41,31 @@ def continuum(response_slope: float, n_groups: int = 6, n: int = 40, g: int = 20
 def test_trvae_wins_where_the_response_depends_on_the_group():
     model = TRVAE(continuum(1.0), condition_key="condition", mmd_group_key="group", **TINY)
     table = model.assess("group", groups=["g1"], **BUDGET)
-    assert table[["group", "target"]].values.tolist() == [["g1", "stimulated"]]
+    assert table[["group", "target"]].drop_duplicates().values.tolist() == [["g1", "stimulated"]]
+    assert table["anchor"].tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
     row = table.iloc[0]
     assert row["beats_mean_shift"]
     assert row["delta_pearson"] > row["delta_pearson_mean_shift"] + 0.2
+    # trVAE's own response is the better one: no anchoring chosen
+    assert table.attrs["anchor"] == 0.0 == model.init_params["anchor"]
+    assert table.attrs["anchor_ranks"][0.0] < table.attrs["anchor_ranks"][1.0]
     assert table.attrs["verdict"].startswith("beat the mean shift in 1 of 1")
+    assert "anchored" not in table.attrs["verdict"]
     assert model.assessment_ is table
 
 
 def test_mean_shift_wins_where_the_response_is_one_additive_shift():
     model = TRVAE(continuum(0.0), condition_key="condition", mmd_group_key="group", **TINY)
-    row = model.assess("group", groups=["g1"], **BUDGET).iloc[0]
+    table = model.assess("group", groups=["g1"], **BUDGET)
+    row = table.iloc[0]  # trVAE's own response
     assert not row["beats_mean_shift"]
     assert row["edist_mean_shift"] < row["edist"]
+    # moving the response toward the mean shift scores better: the choice is kept in the model
+    assert table.attrs["anchor"] >= 0.5 and model.init_params["anchor"] == table.attrs["anchor"]
+    assert "anchored to the mean shift" in table.attrs["verdict"]
+    kept = TRVAE(continuum(0.0), condition_key="condition", mmd_group_key="group", **TINY)
+    kept.assess("group", groups=["g1"], choose_anchor=False, anchors=None, **BUDGET)
+    assert kept.init_params["anchor"] == 0.0 and len(kept.assessment_) == 1
 
 
 def test_assess_choices_and_errors():

@@ -155,3 +155,60 @@ def test_quantile_widens_a_bimodal_response():
     assert var["quantile"].mean() > 1.2 * var["residual"].mean()  # measured 1.39x
     r2 = {mode: np.corrcoef(v, real)[0, 1] ** 2 for mode, v in var.items()}
     assert r2["quantile"] > r2["residual"] + 0.1  # measured 0.18 vs 0.004
+
+
+def _pooled_shift(adata, group_key: str) -> np.ndarray:
+    """control -> stimulated mean shift over the groups that have both conditions, by hand."""
+    obs = adata.obs
+    both = [g for g, n in obs.groupby(group_key, observed=True)["condition"].nunique().items()]
+    both = [g for g in both if obs.loc[obs[group_key] == g, "condition"].nunique() == 2]
+    keep = obs[group_key].isin(both).to_numpy()
+    stim = keep & (obs["condition"] == "stimulated").to_numpy()
+    ctrl = keep & (obs["condition"] == "control").to_numpy()
+    return np.asarray(adata.X[stim].mean(0) - adata.X[ctrl].mean(0)).ravel()
+
+
+def test_anchor_moves_the_mean_response_to_the_mean_shift(small):
+    cell_type = small.obs["cell_type"].astype(str)
+    held = (cell_type == cell_type.iloc[0]) & (small.obs["condition"] == "stimulated")
+    train = small[~held.to_numpy()].copy()
+    model = TRVAE(train, condition_key="condition", mmd_group_key="cell_type", **SMALL)
+    model.train(max_epochs=5, **QUIET)
+    source = small[(cell_type == cell_type.iloc[0]).to_numpy() & ~held.to_numpy()]
+    x0 = np.asarray(source.X.mean(0)).ravel()
+    means = {}
+    for w in (0.0, 0.5, 1.0):
+        pred = model.predict(source, "stimulated", anchor=w)
+        assert pred.uns["trvae_prediction"]["anchor"] == w
+        means[w] = pred.X.mean(0)
+    np.testing.assert_array_equal(model.predict(source, "stimulated").X.mean(0), means[0.0])
+    shift = _pooled_shift(train, "cell_type")
+    residual = model.predict(source, "stimulated", mode="residual").X.mean(0)
+    for w in (0.5, 1.0):  # the mean reached on every gene where the floor (0) does not bind
+        reference = (1 - w) * residual + w * (x0 + shift)
+        free = reference > 0.05
+        assert free.sum() >= 15
+        np.testing.assert_allclose(means[w][free], reference[free], atol=1e-3)
+    anchored = TRVAE(
+        train, condition_key="condition", mmd_group_key="cell_type", anchor=1.0, **SMALL
+    )
+    anchored.module.load_state_dict(model.module.state_dict())
+    np.testing.assert_array_equal(anchored.predict(source, "stimulated").X.mean(0), means[1.0])
+
+
+def test_anchor_errors_and_save_load(model, control, tmp_path):
+    with pytest.raises(TRVAEError, match="mode='quantile'"):
+        model.predict(control, "stimulated", mode="residual", anchor=0.5)
+    with pytest.raises(TRVAEError, match="anchor must be in"):
+        model.predict(control, "stimulated", anchor=2)
+    model.save(tmp_path / "m")
+    loaded = TRVAE.load(tmp_path / "m")
+    assert torch.equal(loaded.module.mean_shifts.shifts, model.module.mean_shifts.shifts)
+    np.testing.assert_array_equal(
+        loaded.predict(control, "stimulated", anchor=0.5).X,
+        model.predict(control, "stimulated", anchor=0.5).X,
+    )
+    loaded.module.mean_shifts.shifts = None  # as a model saved by an older trvae
+    assert loaded.predict(control, "stimulated").uns["trvae_prediction"]["anchor"] == 0.0
+    with pytest.raises(TRVAEError, match="no mean shifts"):
+        loaded.predict(control, "stimulated", anchor=0.5)

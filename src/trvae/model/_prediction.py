@@ -126,6 +126,7 @@ class PredictionMixin:
         out: str | os.PathLike | None = None,
         accelerator: str = "auto",
         precision: str = "32",
+        anchor: float | None = None,
     ) -> AnnData:
         """Carry cells to ``target_condition``: encode with their condition, decode with the target.
 
@@ -182,12 +183,21 @@ class PredictionMixin:
         precision
             ``"32"`` (default) or ``"bf16-mixed"``: the network under bfloat16 autocast; the
             results are float32 (:mod:`trvae.train.precision`).
+        anchor
+            Weight in [0, 1] of the training data's mean shift in the predicted cells' mean
+            response (``mode="quantile"`` only; see ``anchor`` of :class:`TRVAE`): the mean
+            over the predicted cells of the residual read-out is replaced by ``(1 - anchor)``
+            times it plus ``anchor`` times the source cells' mean plus the mean shift. It acts
+            on all cells of ``adata`` together: predict one group at a time to anchor each
+            group's response. Default: the model's ``anchor`` (set at construction or chosen by
+            :meth:`assess`).
 
         Returns
         -------
         AnnData with the same genes (the model's order) and a copy of ``adata.obs`` in which
         ``condition_key`` is set to ``target_condition``. ``uns["trvae_prediction"]["values"]``
-        says what X holds: ``"quantile"``, ``"residual"``, ``"mean"`` or ``"sample"``.
+        says what X holds: ``"quantile"``, ``"residual"``, ``"mean"`` or ``"sample"``; its
+        ``"anchor"`` the weight used.
 
         Examples
         --------
@@ -220,8 +230,9 @@ class PredictionMixin:
         )
         order = V.align_genes(adata, self.var_names)
         var = adata.var.copy() if order is None else adata.var.iloc[order].copy()
+        anchor = self._anchor_weight(anchor, mode)
         if mode == "quantile":
-            fn = self._quantile_fn(data, target, seed, batch_size, accelerator, precision)
+            fn = self._quantile_fn(data, target, seed, batch_size, accelerator, precision, anchor)
         values = mode if mode != "decode" else ("mean" if return_mean else "sample")
         uns = {
             "trvae_prediction": {
@@ -229,6 +240,7 @@ class PredictionMixin:
                 "source_condition": None if source_condition is None else str(source_condition),
                 "values": values,
                 "likelihood": likelihood,
+                "anchor": anchor,
             }
         }
         with torch.random.fork_rng(devices=[]):

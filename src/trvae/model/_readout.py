@@ -11,6 +11,7 @@ import torch
 from trvae._errors import TRVAEError
 from trvae.data.cell_data import CellData
 from trvae.module import readout
+from trvae.module.anchor import check_anchor
 
 
 class ReadoutMixin:
@@ -44,13 +45,36 @@ class ReadoutMixin:
             )
         return mode
 
+    def _anchor_weight(self, anchor: float | None, mode: str) -> float:
+        """``predict``'s ``anchor`` checked; ``None``: the model's (0 for other read-outs)."""
+        if anchor is None:
+            anchor = self.init_params.get("anchor", 0.0) if mode == "quantile" else 0.0
+        anchor = check_anchor(anchor, self.init_params["likelihood"])
+        if anchor > 0 and mode != "quantile":
+            raise TRVAEError(f"anchor applies to mode='quantile', not mode={mode!r}")
+        if anchor > 0 and not self.module.mean_shifts.built:
+            raise TRVAEError(
+                "this model has no mean shifts to anchor to (saved by an older trvae, or not "
+                "trained): retrain it, or predict with anchor=0"
+            )
+        return anchor
+
     def _quantile_fn(
-        self, data: CellData, target: int, seed: int, batch_size: int, accelerator, precision
+        self,
+        data: CellData,
+        target: int,
+        seed: int,
+        batch_size: int,
+        accelerator,
+        precision,
+        anchor: float = 0.0,
     ):
         """The batch function of ``mode="quantile"`` (:mod:`trvae.module.readout`), after its
-        first pass: the per-gene shift that matches the residual read-out's mean, set on at
-        most :data:`~trvae.module.readout.MATCH_CELLS` cells (all of them when fewer, then in
-        the same batches with the same floor levels as the second pass)."""
+        first pass: the per-gene shift that matches the residual read-out's mean (moved by
+        ``anchor`` toward the source cells' mean plus the mean shift; with an anchor, what the
+        shift cannot reach is added to every value), set on at most
+        :data:`~trvae.module.readout.MATCH_CELLS` cells (all of them when fewer, then in the
+        same batches with the same floor levels as the second pass)."""
         module, tables = self.module, self.module.readout
         cells = np.arange(len(data))
         if len(data) > readout.MATCH_CELLS:
@@ -75,19 +99,31 @@ class ReadoutMixin:
                 position += len(x)
                 if first_pass:
                     residual = (x + to - source).clamp_min(module.x_min)
-                    return torch.cat([u, to, residual], dim=1)
+                    if anchor == 0:
+                        return torch.cat([u, to, residual], dim=1)
+                    shifted = x + module.mean_shifts(c, target)
+                    return torch.cat([u, to, residual, shifted], dim=1)
                 cond = torch.full_like(c, target)
-                return tables.target_values(u, to, cond, module.x_min, shift.to(x.device))
+                values = tables.target_values(u, to, cond, module.x_min, shift.to(x.device))
+                if gap is None:
+                    return values
+                return (values + gap.to(x.device)).clamp_min(module.x_min)
 
             return fn
 
         first = self._outputs(data, batch_function(True), batch_size, accelerator, precision, cells)
         parts = [part.cpu() for part in first]
+        gap = None
         if not parts:  # no cells: nothing to match
             shift = torch.zeros(module.n_input)
             return batch_function(False)
-        u, to, residual = torch.cat(parts).chunk(3, dim=1)
+        u, to, residual, *shifted = torch.cat(parts).chunk(3 if anchor == 0 else 4, dim=1)
         cond = torch.full((len(u),), target, dtype=torch.long)
-        reference = residual.mean(0, dtype=torch.float64).float()
+        reference = residual.mean(0, dtype=torch.float64)
+        if anchor > 0:
+            reference = (1 - anchor) * reference + anchor * shifted[0].mean(0, dtype=torch.float64)
+        reference = reference.float()
         shift = tables.match_shift(u, to, cond, module.x_min, reference)
+        if anchor > 0:  # what the level shift cannot reach (eta at -1 or 1), added as it is
+            gap = reference - tables.target_values(u, to, cond, module.x_min, shift).mean(0)
         return batch_function(False)

@@ -141,6 +141,8 @@ class TrainingMixin:
             with on_device(self.module, device):  # the noise model and save work on CPU
                 self.history = fit.run(device)
         self._fit_noise_model(data, train_idx, precision=plan.precision)
+        if self.init_params["likelihood"] == "mse":
+            self._fit_mean_shifts(train_data)
         self.is_trained = True
         return self
 
@@ -157,6 +159,18 @@ class TrainingMixin:
         codes = pd.Categorical(labels, categories=groups).codes.astype(np.int64)
         joint = codes * len(self.conditions_) + data.conditions.numpy()
         return CellData(data.x, joint, data.gene_order, row_map=data.row_map)
+
+    @torch.no_grad()
+    def _fit_mean_shifts(self, data: CellData, batch_size: int = 4096) -> None:
+        """The mean shifts between conditions (:mod:`trvae.module.anchor`) from all cells of
+        ``data``, whose codes are ``group * n_conditions + condition`` (:meth:`_grouped`)."""
+        n_conditions = len(self.conditions_)
+        n_codes = n_conditions * max(1, len(self.init_params.get("mmd_groups") or []))
+        sums = torch.zeros(n_codes, self.module.n_input, dtype=torch.float64)
+        for x, codes, _ in data.batches(np.arange(len(data)), batch_size):
+            sums.index_add_(0, codes, x.double())
+        counts = torch.bincount(data.conditions, minlength=n_codes)
+        self.module.mean_shifts.set(sums, counts, n_conditions)
 
     @torch.no_grad()
     def _fit_noise_model(

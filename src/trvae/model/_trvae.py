@@ -22,6 +22,7 @@ from trvae.model._readout import ReadoutMixin
 from trvae.model._save_load import SaveLoadMixin
 from trvae.model._training import TrainingMixin
 from trvae.module import ARCHITECTURES, DECODER_CONDITIONING, LIKELIHOODS, MMD_ON, TRVAEModule
+from trvae.module.anchor import check_anchor
 from trvae.module.mmd import DEFAULT_BANDWIDTHS
 from trvae.module.mmd import ESTIMATORS as MMD_ESTIMATORS
 from trvae.module.mmd import GROUPINGS as MMD_GROUPINGS
@@ -40,6 +41,9 @@ DEFAULT_BETA: dict[tuple[str, bool], float] = {
     ("zinb", False): 100.0,
     ("zinb", True): 100.0,
 }
+#: Default weight of the training data's mean shift in a prediction's mean response, per
+#: likelihood (``anchor``; the quantile read-out of MSE models only).
+DEFAULT_ANCHOR: dict[str, float] = {"mse": 0.0, "nb": 0.0, "zinb": 0.0}
 #: Default decoder conditioning per grouping of the MMD.
 DEFAULT_DECODER_CONDITIONING: dict[bool, str] = {False: "mmd_layer", True: "all_layers"}
 
@@ -103,6 +107,13 @@ class TRVAE(TrainingMixin, PredictionMixin, ReadoutMixin, AssessmentMixin, SaveL
     mmd_grouping
         With ``mmd_group_key``: ``"within"`` (default) compares the conditions within each
         group; ``"shared"`` compares each pair of conditions pooled over the groups both hold.
+    anchor
+        Weight ``w`` in [0, 1] of the training data's mean shift in the mean response of a
+        prediction (:meth:`predict`'s quantile read-out): the predicted cells keep trVAE's
+        shape, and their mean change from the source cells is ``(1 - w)`` times trVAE's plus
+        ``w`` times the mean shift of the groups that have both conditions
+        (:mod:`trvae.module.anchor`). 0 is trVAE's own response, 1 the mean shift's. Default
+        :data:`DEFAULT_ANCHOR`. :meth:`assess` can choose it on the training data.
 
     Notes
     -----
@@ -142,6 +153,7 @@ class TRVAE(TrainingMixin, PredictionMixin, ReadoutMixin, AssessmentMixin, SaveL
         mmd_group_key: str | None = None,
         mmd_on: str = "y",
         mmd_grouping: str = "within",
+        anchor: float | None = None,
     ) -> None:
         adata = V.check_adata(V.as_anndata(adata))
         setup = (
@@ -160,6 +172,7 @@ class TRVAE(TrainingMixin, PredictionMixin, ReadoutMixin, AssessmentMixin, SaveL
         check_option("mmd_estimator", mmd_estimator, MMD_ESTIMATORS, TRVAEError)
         check_option("mmd_on", mmd_on, MMD_ON, TRVAEError)
         check_option("mmd_grouping", mmd_grouping, MMD_GROUPINGS, TRVAEError)
+        anchor = DEFAULT_ANCHOR[likelihood] if anchor is None else check_anchor(anchor, likelihood)
         conditions = V.check_obs_key(adata, condition_key)
         self.conditions_ = V.check_conditions(conditions, condition_key)
         x, rows, _ = V.matrix_rows(adata, layer, None)
@@ -187,6 +200,7 @@ class TRVAE(TrainingMixin, PredictionMixin, ReadoutMixin, AssessmentMixin, SaveL
             "mmd_groups": None,
             "mmd_on": mmd_on,
             "mmd_grouping": mmd_grouping,
+            "anchor": float(anchor),
         }
         if mmd_group_key is not None:
             groups = V.check_obs_key(adata, mmd_group_key, "mmd_group_key")
@@ -197,7 +211,7 @@ class TRVAE(TrainingMixin, PredictionMixin, ReadoutMixin, AssessmentMixin, SaveL
         self.is_trained = False
 
     def _build_module(self) -> TRVAEModule:
-        not_module = ("seed", "mmd_group_key", "mmd_groups")
+        not_module = ("seed", "mmd_group_key", "mmd_groups", "anchor")
         params = {k: v for k, v in self.init_params.items() if k not in not_module}
         params["n_mmd_groups"] = len(self.init_params.get("mmd_groups") or [])
         with torch.random.fork_rng(devices=[]):

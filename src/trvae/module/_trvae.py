@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trvae._errors import check_option
+from trvae.module.anchor import MeanShifts
 from trvae.module.likelihoods import nb_log_likelihood, zinb_log_likelihood
 from trvae.module.mmd import (
     DEFAULT_BANDWIDTHS,
@@ -173,6 +174,8 @@ class TRVAEModule(nn.Module):
         self.register_buffer("x_min", torch.tensor(float("-inf")))
         # the residual quantile tables of predict(mode="quantile") (trvae.module.readout)
         self.readout = QuantileTables()
+        # the training data's mean shifts that a prediction can be anchored to
+        self.mean_shifts = MeanShifts()
         if likelihood in ("nb", "zinb"):
             self.log_theta = nn.Parameter(torch.zeros(n_input))
         if likelihood == "zinb":

@@ -1,0 +1,80 @@
+"""The training data's mean shift between conditions, which a prediction's mean response can be
+anchored to (``anchor`` of :class:`trvae.TRVAE` and :meth:`~trvae.TRVAE.predict`).
+
+For conditions ``s`` and ``t`` the shift is ``mean(x | t) - mean(x | s)`` over the cells of the
+groups (``mmd_group_key``) that have both conditions, all cells pooled: the "mean shift of the
+other groups" baseline of the benchmarks. Without groups, or when no group has both, over all
+training cells.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from trvae._errors import TRVAEError
+
+
+class MeanShifts(nn.Module):
+    """Holder of the shifts, a buffer ``shifts`` (conditions x conditions x genes; ``None``
+    until :meth:`set`); a state dict without it (a model saved by an older trvae) leaves it unset.
+
+    Examples
+    --------
+    >>> import torch
+    >>> shifts = MeanShifts()
+    >>> sums = torch.tensor([[0.0], [2.0], [4.0], [10.0]])  # (group, condition) 0/0, 0/1, 1/0, 1/1
+    >>> shifts.set(sums, torch.tensor([1, 1, 1, 1]), n_conditions=2)
+    >>> shifts(torch.tensor([0]), 1)  # control -> stimulated: (2 + 10) / 2 - (0 + 4) / 2
+    tensor([[4.]])
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("shifts", None)
+
+    @property
+    def built(self) -> bool:
+        return self.shifts is not None
+
+    def set(self, sums: Tensor, counts: Tensor, n_conditions: int) -> None:
+        """Shifts from per-(group, condition) sums of expression (rows ``group * C + condition``,
+        genes in columns) and cell counts."""
+        n_genes = sums.shape[1]
+        sums = sums.double().reshape(-1, n_conditions, n_genes)
+        counts = counts.double().reshape(-1, n_conditions)
+        shifts = torch.zeros(n_conditions, n_conditions, n_genes, dtype=torch.float64)
+        for s in range(n_conditions):
+            for t in range(n_conditions):
+                paired = (counts[:, s] > 0) & (counts[:, t] > 0)
+                if not paired.any():
+                    paired = torch.ones_like(paired)
+                means = sums[paired].sum(0) / counts[paired].sum(0).clamp_min(1)[:, None]
+                shifts[s, t] = means[t] - means[s]
+        self.shifts = shifts.float()
+
+    def forward(self, source: Tensor, target: int) -> Tensor:
+        """The shift from each cell's condition ``source`` to condition ``target`` (cells x
+        genes)."""
+        return self.shifts[source, target]
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
+    ) -> None:
+        value = state_dict.get(prefix + "shifts")
+        self.shifts = None if value is None else value.detach().float().contiguous()
+
+
+def check_anchor(anchor: float, likelihood: str) -> float:
+    """``anchor`` as a float in [0, 1]; only 0 for count likelihoods (no quantile read-out)."""
+    try:
+        value = float(anchor)
+    except (TypeError, ValueError):
+        raise TRVAEError(f"anchor must be a number in [0, 1], got {anchor!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise TRVAEError(f"anchor must be in [0, 1], got {value}")
+    if value > 0 and likelihood != "mse":
+        raise TRVAEError(
+            f"anchor applies to the quantile read-out of likelihood='mse', not {likelihood!r}"
+        )
+    return value

@@ -1,0 +1,55 @@
+"""The mean shifts a prediction can be anchored to (:mod:`trvae.module.anchor`)."""
+
+import pytest
+import torch
+
+from trvae import TRVAEError
+from trvae.module.anchor import MeanShifts, check_anchor
+
+
+def test_shifts_pool_the_groups_that_have_both_conditions():
+    # 3 groups x 3 conditions (rows group * 3 + condition), 2 genes; group 2 lacks condition 2
+    sums = torch.tensor(
+        [[0, 0], [4, 2], [6, 0], [10, 10], [30, 20], [60, 10], [1, 1], [2, 2], [0, 0]],
+        dtype=torch.float64,
+    )
+    counts = torch.tensor([1, 2, 3, 2, 2, 2, 1, 1, 0])
+    shifts = MeanShifts()
+    assert not shifts.built
+    shifts.set(sums, counts, n_conditions=3)
+    # 0 -> 1: all three groups; means (4 + 30 + 2) / 5 and (0 + 10 + 1) / 4
+    expected = torch.tensor([36 / 5 - 11 / 4, 24 / 5 - 11 / 4])
+    torch.testing.assert_close(shifts(torch.tensor([0]), 1)[0], expected.float())
+    # 0 -> 2: groups 0 and 1 only; means (6 + 60) / 5 and (0 + 10) / 3
+    torch.testing.assert_close(
+        shifts(torch.tensor([0]), 2)[0], torch.tensor([66 / 5 - 10 / 3, 10 / 5 - 10 / 3])
+    )
+    assert torch.equal(shifts(torch.tensor([1, 1]), 1), torch.zeros(2, 2))
+    torch.testing.assert_close(shifts.shifts[2, 0], -shifts.shifts[0, 2])
+
+
+def test_no_paired_group_falls_back_to_all_cells():
+    # 2 groups, condition 0 only in group 0, condition 1 only in group 1
+    sums = torch.tensor([[2.0], [0.0], [0.0], [9.0]])
+    shifts = MeanShifts()
+    shifts.set(sums, torch.tensor([2, 0, 0, 3]), n_conditions=2)
+    assert shifts.shifts[0, 1].item() == pytest.approx(9 / 3 - 2 / 2)
+
+
+def test_state_dict_with_and_without_shifts():
+    shifts = MeanShifts()
+    shifts.set(torch.ones(2, 3), torch.tensor([1, 1]), n_conditions=2)
+    fresh = MeanShifts()
+    fresh.load_state_dict(shifts.state_dict())
+    assert torch.equal(fresh.shifts, shifts.shifts)
+    fresh.load_state_dict({})  # a model saved before the shifts existed
+    assert not fresh.built
+
+
+def test_check_anchor():
+    assert check_anchor(0.5, "mse") == 0.5 and check_anchor(0, "nb") == 0.0
+    for bad in (-0.1, 1.5, float("nan"), "x"):
+        with pytest.raises(TRVAEError, match="anchor must"):
+            check_anchor(bad, "mse")
+    with pytest.raises(TRVAEError, match="quantile read-out"):
+        check_anchor(0.5, "nb")
