@@ -59,11 +59,11 @@ def spied_run(tmp_path_factory):
         def assess(self, group_key, n_groups, seed, control, **train_kwargs):
             assert (n_groups, seed, train_kwargs) == (3, 0, {"max_epochs": 1})
             result = pd.DataFrame(
-                {"group": list("abcabc"), "anchor": [0.0] * 3 + [0.5] * 3,
+                {"group": list("abcabc"), "anchor": [0.5] * 3 + [1.0] * 3,
                  "delta_pearson": [0.1, 0.5, 0.9, 0.2, 0.6, 1.0]}
             )  # fmt: skip
             result.attrs["verdict"] = "fine"
-            self.init_params["anchor"] = 0.5  # as assess's choice
+            self.init_params["anchor"] = 1.0  # as assess's choice
             return result
 
     out = tmp_path_factory.mktemp("suite")
@@ -235,11 +235,11 @@ def test_report_csv_and_assess_written(spied_run, capsys):
     assert len(assess) == len(set(zip(df["set"], df["row"], strict=True)))
     assert np.allclose(assess["value"], 0.5)  # the median of the spy's default-anchor rows
     chosen = df[(df["metric"] == "assess_anchor") & (df["method"] == ASSESSED_NAME)]
-    assert len(chosen) == len(assess) and np.allclose(chosen["value"], 0.5)
+    assert len(chosen) == len(assess) and np.allclose(chosen["value"], 1.0)
     r2 = df[df["metric"] == "r2_mean_top100"].pivot_table(
         index=["set", "row"], columns="method", values="value"
     )
-    assert (r2[ASSESSED_NAME] != r2["trVAE"]).any()  # the default row kept anchor 0
+    assert (r2[ASSESSED_NAME] != r2["trVAE"]).any()  # the default row kept the default anchor
     assert f"**{ASSESSED_NAME}** (a second configuration, not the default" in text
 
 

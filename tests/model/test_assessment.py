@@ -50,7 +50,7 @@ def test_trvae_wins_where_the_response_depends_on_the_group():
     assert table.attrs["anchor"] == 0.0 == model.init_params["anchor"]
     assert table.attrs["anchor_ranks"][0.0] < table.attrs["anchor_ranks"][1.0]
     assert table.attrs["verdict"].startswith("beat the mean shift in 1 of 1")
-    assert "anchored" not in table.attrs["verdict"]
+    assert "anchor 0 (chosen here: predicted mean responses 100 % trVAE's" in table.attrs["verdict"]
     assert model.assessment_ is table
 
 
@@ -62,10 +62,11 @@ def test_mean_shift_wins_where_the_response_is_one_additive_shift():
     assert row["edist_mean_shift"] < row["edist"]
     # moving the response toward the mean shift scores better: the choice is kept in the model
     assert table.attrs["anchor"] >= 0.5 and model.init_params["anchor"] == table.attrs["anchor"]
-    assert "anchored to the mean shift" in table.attrs["verdict"]
-    kept = TRVAE(continuum(0.0), condition_key="condition", mmd_group_key="group", **TINY)
+    assert "(chosen here" in table.attrs["verdict"]
+    kept = TRVAE(continuum(0.0), "condition", mmd_group_key="group", anchor=0.25, **TINY)
     kept.assess("group", groups=["g1"], choose_anchor=False, anchors=None, **BUDGET)
-    assert kept.init_params["anchor"] == 0.0 and len(kept.assessment_) == 1
+    assert kept.init_params["anchor"] == 0.25 and len(kept.assessment_) == 1
+    assert "anchor 0.25 (the model's" in kept.assessment_.attrs["verdict"]
 
 
 def test_assess_choices_and_errors():

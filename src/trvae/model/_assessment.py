@@ -242,12 +242,11 @@ def _anchor_ranks(table: pd.DataFrame) -> pd.Series:
 
 def _verdict(table: pd.DataFrame, anchor: float, chosen: bool) -> str:
     wins, n = int(table["beats_mean_shift"].sum()), len(table)
-    verdict = (
+    how = "chosen here" if chosen else "the model's"
+    return (
         f"beat the mean shift in {wins} of {n} pseudo-held-out groups (Pearson-Δ and E-distance); "
         f"median Pearson-Δ {table['delta_pearson'].median():.2f} "
-        f"(mean shift {table['delta_pearson_mean_shift'].median():.2f})"
+        f"(mean shift {table['delta_pearson_mean_shift'].median():.2f}); anchor {anchor:g} "
+        f"({how}: predicted mean responses {100 * (1 - anchor):.0f} % trVAE's, "
+        f"{100 * anchor:.0f} % the mean shift's)"
     )
-    if anchor > 0 or chosen:
-        how = "chosen here" if chosen else "the model's"
-        verdict += f"; predictions anchored to the mean shift with weight {anchor:g} ({how})"
-    return verdict

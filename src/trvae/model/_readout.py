@@ -49,6 +49,14 @@ class ReadoutMixin:
         """``predict``'s ``anchor`` checked; ``None``: the model's (0 for other read-outs)."""
         if anchor is None:
             anchor = self.init_params.get("anchor", 0.0) if mode == "quantile" else 0.0
+            if anchor > 0 and not self.module.mean_shifts.built:
+                warnings.warn(
+                    "this model has no mean shifts to anchor to (saved by an older trvae): "
+                    "predicting with anchor=0; retrain it to anchor",
+                    UserWarning,
+                    stacklevel=3,
+                )
+                return 0.0
         anchor = check_anchor(anchor, self.init_params["likelihood"])
         if anchor > 0 and mode != "quantile":
             raise TRVAEError(f"anchor applies to mode='quantile', not mode={mode!r}")

@@ -43,7 +43,7 @@ DEFAULT_BETA: dict[tuple[str, bool], float] = {
 }
 #: Default weight of the training data's mean shift in a prediction's mean response, per
 #: likelihood (``anchor``; the quantile read-out of MSE models only).
-DEFAULT_ANCHOR: dict[str, float] = {"mse": 0.0, "nb": 0.0, "zinb": 0.0}
+DEFAULT_ANCHOR: dict[str, float] = {"mse": 0.5, "nb": 0.0, "zinb": 0.0}
 #: Default decoder conditioning per grouping of the MMD.
 DEFAULT_DECODER_CONDITIONING: dict[bool, str] = {False: "mmd_layer", True: "all_layers"}
 
@@ -113,7 +113,9 @@ class TRVAE(TrainingMixin, PredictionMixin, ReadoutMixin, AssessmentMixin, SaveL
         shape, and their mean change from the source cells is ``(1 - w)`` times trVAE's plus
         ``w`` times the mean shift of the groups that have both conditions
         (:mod:`trvae.module.anchor`). 0 is trVAE's own response, 1 the mean shift's. Default
-        :data:`DEFAULT_ANCHOR`. :meth:`assess` can choose it on the training data.
+        :data:`DEFAULT_ANCHOR`: 0.5 for ``"mse"``, a shrinkage of trVAE's response toward the
+        baseline that won on development data where neither alone did. :meth:`assess` can
+        choose it on the training data.
 
     Notes
     -----
