@@ -43,6 +43,12 @@ MAX_SPAN_FACTOR = 16
 MAX_SPAN_ROWS = 16384
 
 
+def small_tail(served: int, size: int, batch_size: int) -> bool:
+    """Whether a batch of ``size`` cells after ``served`` others is the tiny last batch that
+    ``drop_small_last`` drops (fewer than ``max(2, batch_size // 4)`` cells, not the first)."""
+    return served > 0 and size < max(2, batch_size // 4)
+
+
 def is_on_disk(x) -> bool:
     """Whether ``x`` is an on-disk matrix: an h5py dataset or a backed anndata sparse dataset."""
     return isinstance(x, (h5py.Dataset, anndata.abc.CSRDataset, anndata.abc.CSCDataset))
@@ -191,7 +197,7 @@ class CellData:
             indices = (generator or np.random.default_rng()).permutation(indices)
         for start in range(0, len(indices), batch_size):
             chunk = indices[start : start + batch_size]
-            if drop_small_last and start > 0 and len(chunk) < max(2, batch_size // 4):
+            if drop_small_last and small_tail(start, len(chunk), batch_size):
                 return
             yield self.batch(chunk)
 
@@ -205,7 +211,7 @@ class CellData:
         where = np.searchsorted(cells, indices)
         for start in range(0, len(indices), batch_size):
             chunk = slice(start, start + batch_size)
-            if drop_small_last and start > 0 and len(indices[chunk]) < max(2, batch_size // 4):
+            if drop_small_last and small_tail(start, len(indices[chunk]), batch_size):
                 return
             x = self._dense(buffer[where[chunk]])
             yield x, self.conditions[torch.as_tensor(indices[chunk])], x.sum(1)
@@ -233,7 +239,7 @@ class CellData:
             n_out = len(cells) if last else len(cells) // batch_size * batch_size
             for start in range(0, n_out, batch_size):
                 chunk = perm[start : start + batch_size]
-                if drop_small_last and n_served > 0 and len(chunk) < max(2, batch_size // 4):
+                if drop_small_last and small_tail(n_served, len(chunk), batch_size):
                     return
                 x = self._dense(buffer[chunk])
                 n_served += len(chunk)

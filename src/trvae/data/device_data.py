@@ -23,7 +23,7 @@ import torch
 from scipy import sparse
 
 from trvae._errors import TRVAEError
-from trvae.data.cell_data import CellData
+from trvae.data.cell_data import CellData, small_tail
 
 #: ``data_on_device=None`` moves the matrix to a CUDA device when it takes at most this
 #: fraction of the device's free memory (the rest is for the network, activations and MMD).
@@ -49,7 +49,7 @@ class DeviceCellData:
     --------
     >>> import numpy as np
     >>> from scipy import sparse
-    >>> from trvae.data.cell_data import CellData
+    >>> from trvae.data.cell_data import CellData, small_tail
     >>> x = sparse.random(6, 4, density=0.5, format="csr", random_state=0, dtype=np.float32)
     >>> host = CellData(x, np.array([0, 1, 0, 1, 0, 1]))
     >>> resident = DeviceCellData(host, "cpu")
@@ -133,7 +133,7 @@ class DeviceCellData:
         ends = None if ends is None else np.concatenate([[0], ends])
         for start in range(0, len(indices), batch_size):
             stop = min(start + batch_size, len(indices))
-            if drop_small_last and start > 0 and stop - start < max(2, batch_size // 4):
+            if drop_small_last and small_tail(start, stop - start, batch_size):
                 return
             n_values = 0 if ends is None else int(ends[stop] - ends[start])
             rows = on_device[start:stop]
