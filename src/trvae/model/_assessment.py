@@ -66,6 +66,7 @@ class AssessmentMixin:
             groups (the lowest mean rank among ``anchors`` over Pearson-Δ and E-distance of
             every row; a tie keeps the weight nearest the model's), so that :meth:`predict`
             uses it. The choice and the ranks are in ``attrs``.
+        **train_kwargs
             Arguments of :meth:`train` for the refits (e.g. the ``max_epochs`` you trained with);
             by default the package defaults.
 
