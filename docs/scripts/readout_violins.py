@@ -3,8 +3,9 @@
 Run from the repository root: ``python docs/scripts/readout_violins.py``. Trains what a user gets
 (``TRVAE(train, condition_key="condition", mmd_group_key="cell_type")``, ``train(seed=0)``) on
 the Kang file without the stimulated NK cells, predicts them from the control NK cells with
-both read-outs (anchor 0, so that only the read-out differs) and writes ``docs/figures/nk_violin_{residual,quantile}.png``; prints the
-top-100 DEG scores of each read-out.
+both read-outs (anchor 0, so that only the read-out differs) and writes
+``docs/figures/nk_violin_{residual,quantile}.png``; prints the top-100 DEG scores of each
+read-out.
 """
 
 from __future__ import annotations
