@@ -211,3 +211,22 @@ def test_anchor_errors_and_save_load(model, control, tmp_path):
         assert loaded.predict(control, "stimulated").uns["trvae_prediction"]["anchor"] == 0.0
     with pytest.raises(TRVAEError, match="no mean shifts"):
         loaded.predict(control, "stimulated", anchor=0.5)
+
+
+def test_group_key_predicts_each_group_alone(model, small):
+    both = small[small.obs["condition"] == "control"].copy()
+    both = both[np.random.default_rng(0).permutation(both.n_obs)].copy()  # groups interleaved
+    pred = model.predict(both, "stimulated", group_key="cell_type", anchor=0.5)
+    assert list(pred.obs_names) == list(both.obs_names)
+    assert pred.uns["trvae_prediction"]["group_key"] == "cell_type"
+    assert (pred.obs["condition"] == "stimulated").all()
+    for group in both.obs["cell_type"].unique():
+        rows = (both.obs["cell_type"] == group).to_numpy()
+        alone = model.predict(both[rows], "stimulated", anchor=0.5)
+        np.testing.assert_array_equal(pred.X[rows], alone.X)
+    pooled = model.predict(both, "stimulated", anchor=0.5)
+    assert not np.array_equal(pooled.X, pred.X)  # pooled matching differs
+    with pytest.raises(TRVAEError, match="no out="):
+        model.predict(both, "stimulated", group_key="cell_type", out="x.h5ad")
+    with pytest.raises(TRVAEError, match="nope"):
+        model.predict(both, "stimulated", group_key="nope")

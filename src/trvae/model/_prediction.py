@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
+from trvae._errors import TRVAEError
 from trvae.data import validation as V
 from trvae.data.cell_data import CellData
 from trvae.data.h5ad import write_h5ad_chunked
@@ -127,6 +128,7 @@ class PredictionMixin:
         accelerator: str = "auto",
         precision: str = "32",
         anchor: float | None = None,
+        group_key: str | None = None,
     ) -> AnnData:
         """Carry cells to ``target_condition``: encode with their condition, decode with the target.
 
@@ -191,6 +193,12 @@ class PredictionMixin:
             on all cells of ``adata`` together: predict one group at a time to anchor each
             group's response. Default: the model's ``anchor`` (set at construction or chosen by
             :meth:`assess`).
+        group_key
+            Column of ``adata.obs`` (e.g. the cell type): predict each of its groups on its own,
+            so that the steps that look at all predicted cells together (the quantile
+            read-out's mean matching and the anchor) act within each group; the result, in
+            ``adata``'s order, equals predicting every group separately. In memory only (no
+            ``out``).
 
         Returns
         -------
@@ -209,6 +217,13 @@ class PredictionMixin:
         ('residual', (5, 20))
         """
         adata = V.as_anndata(adata)
+        if group_key is not None:
+            kwargs = {
+                "source_condition": source_condition, "return_mean": return_mean, "mode": mode,
+                "batch_size": batch_size, "seed": seed, "accelerator": accelerator,
+                "precision": precision, "anchor": anchor,
+            }  # fmt: skip
+            return self._predict_groups(adata, target_condition, group_key, out, kwargs)
         likelihood = self.init_params["likelihood"]
         mode = self._readout_mode(mode, likelihood)
         data = self._cell_data(adata, condition=source_condition)
@@ -252,6 +267,32 @@ class PredictionMixin:
             pred = self._run(data, fn, batch_size, accelerator, precision)
         result = AnnData(pred, obs=obs, var=var)
         result.uns.update(uns)
+        return result
+
+    def _predict_groups(
+        self, adata: AnnData, target_condition: str, group_key: str, out, kwargs: dict
+    ) -> AnnData:
+        """:meth:`predict` of each group of ``adata.obs[group_key]`` alone, in ``adata``'s order."""
+        if out is not None:
+            raise TRVAEError(
+                "predict(group_key=...) builds the prediction in memory and takes no out=; "
+                "predict each group into a file of its own instead"
+            )
+        labels = V.check_obs_key(adata, group_key, "group_key").astype(str).to_numpy()
+        x, first = None, None
+        for group in pd.unique(labels):
+            rows = np.flatnonzero(labels == group)
+            pred = self.predict(adata[rows], target_condition, **kwargs)
+            if x is None:
+                x, first = np.empty((adata.n_obs, pred.n_vars), dtype=np.float32), pred
+            x[rows] = pred.X
+        assert first is not None  # check_obs_key: at least one cell
+        obs = adata.obs.copy()
+        obs[self.condition_key] = pd.Categorical.from_codes(
+            np.full(adata.n_obs, self._code(target_condition)), categories=self.conditions_
+        )
+        result = AnnData(x, obs=obs, var=first.var)
+        result.uns["trvae_prediction"] = {**first.uns["trvae_prediction"], "group_key": group_key}
         return result
 
     @staticmethod
