@@ -117,6 +117,17 @@ class TRVAEModule(nn.Module):
     mmd_grouping
         How groups are compared (:func:`trvae.module.mmd.mmd_all_pairs`): ``"within"`` each
         group, or ``"shared"``: each pair of conditions pooled over the groups both hold.
+
+    Examples
+    --------
+    >>> import torch
+    >>> module = TRVAEModule(n_input=30, n_conditions=2, n_latent=4, n_hidden=(16,))
+    >>> x, cond = torch.rand(8, 30), torch.tensor([0, 1] * 4)
+    >>> terms = module.loss(x, cond, x.sum(1))
+    >>> sorted(terms)[:4], terms["loss"].shape
+    (['kl', 'loss', 'mmd', 'reconstruction'], torch.Size([]))
+    >>> module.inference(x, cond)["z_mean"].shape
+    torch.Size([8, 4])
     """
 
     def __init__(

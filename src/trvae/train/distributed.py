@@ -62,7 +62,14 @@ _RESULT = "result.pt"
 
 
 class DistributedTrainingError(RuntimeError):
-    """A training process of a multi-device run failed; the message holds its traceback."""
+    """A training process of a multi-device run failed; the message holds its traceback.
+
+    Examples
+    --------
+    >>> import trvae
+    >>> issubclass(trvae.DistributedTrainingError, RuntimeError)
+    True
+    """
 
 
 # ---------------------------------------------------------------------- data for the workers

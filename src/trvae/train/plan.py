@@ -65,6 +65,19 @@ class TrainingPlan:
     precision
         ``"32"`` or ``"bf16-mixed"``: the forward pass of every training step and of the
         validation pass under bfloat16 autocast (:mod:`trvae.train.precision`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from trvae.data.cell_data import CellData
+    >>> from trvae.module import TRVAEModule
+    >>> x = np.random.default_rng(0).random((40, 10), dtype=np.float32)
+    >>> data = CellData(x, np.arange(40) % 2)
+    >>> module = TRVAEModule(10, 2, n_latent=3, n_hidden=(8,))
+    >>> plan = TrainingPlan(max_epochs=3, batch_size=16)
+    >>> history = plan.fit(module, data, np.arange(32), np.arange(32, 40), progress_bar=False)
+    >>> list(history.columns[:3]), len(history)
+    (['epoch', 'lr', 'train_loss'], 3)
     """
 
     max_epochs: int = 200
