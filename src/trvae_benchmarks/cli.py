@@ -68,7 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--precision",
         choices=("32", "bf16-mixed"),
         default="32",
-        help="kang, kang-counts: precision of trVAE's training and prediction (default 32)",
+        help="kang: precision of trVAE's training and prediction; kang-counts: of its training",
     )
     _add_suite_arguments(p)
     add_calibration_arguments(p)

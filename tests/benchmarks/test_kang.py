@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from trvae._errors import TRVAEError
+from trvae_benchmarks.baselines import make_method
 from trvae_benchmarks.kang import PeakRSS, run_benchmark
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -181,3 +183,19 @@ def test_warm_up_accepts_every_model_argument():
 
     kwargs = {"n_hidden": (8,), "mmd_group_key": "cell_type", "alpha": None, "beta": None}
     warm_up(6, {**kwargs, "decoder_conditioning": "all_layers", "seed": 0, "layer": None})
+
+
+def test_precision_option_reaches_training_and_prediction(monkeypatch):
+    from trvae_benchmarks import cli, kang
+
+    seen = {}
+    monkeypatch.setattr(kang, "run_benchmark", lambda adata, **kw: seen.update(kw))
+    monkeypatch.setattr("trvae.datasets.kang_pbmc", lambda: None)
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    argv = ["benchmark", "kang", "--precision", "bf16-mixed", "--quick"]
+    args = parser.parse_args(argv)
+    assert cli._benchmark(args, argv) == 0
+    assert seen["train_kwargs"] == {"precision": "bf16-mixed"}
+    method = make_method("trVAE", precision="bf16-mixed")
+    assert method._train_kwargs() == {"precision": "bf16-mixed"}
