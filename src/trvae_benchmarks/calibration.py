@@ -14,9 +14,12 @@ perturbed cells from its control cells. For each of the top-100 DEGs ``g`` of th
 At nominal level ``L`` (:data:`LEVELS`) the interval is ``d̂_g ± z_L s_g`` with ``z_L`` the
 two-sided normal quantile; coverage is the fraction of (held-out row, gene) pairs whose ``d_g``
 lies inside. The real mean is itself an estimate from ``n`` cells, so a second interval widens
-the SD to ``sqrt(s_g² + var_real,g / n)`` (:data:`INTERVALS`). A calibrated interval covers
-about ``L``; less means it is overconfident. ``sd_scale`` is the factor the SD would need for
-coverage exactly ``L`` (the ``L`` quantile of ``|d - d̂| / SD`` over ``z_L``).
+the SD to ``sqrt(s_g² + var_real,g / n)`` (:data:`INTERVALS`). A third pair of intervals uses
+the predictions' own response interval instead of the seeds (``var["trvae_response_sd"]``: how
+much the training groups' responses differ, with a Student-t quantile of ``k - 1`` degrees of
+freedom, :data:`INTERVAL_DOF`). A calibrated interval covers about ``L``; less means it is
+overconfident. ``sd_scale`` is the factor the SD would need for coverage exactly ``L`` (the
+``L`` quantile of ``|d - d̂| / (q_L SD)``, ``q_L`` the interval's quantile).
 
 Results go to ``out_dir``: ``metrics.csv`` (coverage per interval and level, pooled, per set and
 per held-out row), ``genes.csv`` (one line per row and gene) and ``report.md``.
@@ -63,6 +66,7 @@ from trvae_benchmarks.suite import (
 
 __all__ = [
     "INTERVALS",
+    "INTERVAL_DOF",
     "LEVELS",
     "add_calibration_arguments",
     "calibration_command",
@@ -78,6 +82,14 @@ LEVELS = (0.5, 0.8, 0.9, 0.95)
 INTERVALS = {
     "ensemble SD": "sd_ensemble",
     "ensemble SD + real-mean SE": "sd_with_real_se",
+    "between-group SD (t)": "sd_groups",
+    "between-group SD (t) + real-mean SE": "sd_groups_with_real_se",
+}
+#: Interval name -> the column of ``genes.csv`` with its degrees of freedom (Student-t
+#: quantiles); the others use the normal quantile.
+INTERVAL_DOF = {
+    "between-group SD (t)": "dof_groups",
+    "between-group SD (t) + real-mean SE": "dof_groups",
 }
 #: Ensemble size, held-out groups per set by default.
 N_MODELS, N_GROUPS = 5, 2
@@ -87,6 +99,7 @@ QUICK_SETS, QUICK_GROUPS, QUICK_N_MODELS = SYNTHETIC[:2], 1, 3
 GENE_COLUMNS = (
     "set", "row", "group", "perturbation", "gene", "deg_rank", "n_real", "n_control",
     "control_mean", "real_change", "pred_change", "sd_ensemble", "se_real", "sd_with_real_se",
+    "sd_groups", "sd_groups_with_real_se", "dof_groups",
 )  # fmt: skip
 METRIC_COLUMNS = ("set", "row", "interval", "nominal", "coverage", "sd_scale", "n_pairs")
 
@@ -102,42 +115,60 @@ def z_value(level: float) -> float:
     return NormalDist().inv_cdf(0.5 + level / 2)
 
 
-def coverage(real_change, pred_change, sd, levels: Sequence[float] = LEVELS) -> dict[float, float]:
-    """Fraction of entries with ``|real - pred| <= z_level * sd``, per nominal level.
+def _quantile(level: float, dof: np.ndarray | None) -> float | np.ndarray:
+    """Two-sided quantile at ``level``: normal, or Student-t with ``dof`` per entry."""
+    if dof is None:
+        return z_value(level)
+    from scipy.stats import t as student_t
 
-    NaN entries (any of the three) are left out; NaN when none is left.
+    return student_t.ppf(0.5 + level / 2, dof)
+
+
+def coverage(
+    real_change, pred_change, sd, levels: Sequence[float] = LEVELS, dof=None
+) -> dict[float, float]:
+    """Fraction of entries with ``|real - pred| <= q_level * sd``, per nominal level; ``q`` the
+    normal quantile, or Student-t with ``dof`` (one per entry) when given.
+
+    NaN entries (any of them) are left out; NaN when none is left.
     """
-    err, sd = _errors(real_change, pred_change, sd)
+    err, sd, dof = _errors(real_change, pred_change, sd, dof)
     if not len(err):
         return {level: float("nan") for level in levels}
-    return {level: float(np.mean(err <= z_value(level) * sd)) for level in levels}
+    return {level: float(np.mean(err <= _quantile(level, dof) * sd)) for level in levels}
 
 
-def sd_scale(real_change, pred_change, sd, levels: Sequence[float] = LEVELS) -> dict[float, float]:
-    """Factor the SD needs for coverage ``level``: the smallest ``|err| / sd`` that ``level`` of
-    the pairs reach (the inverted-CDF quantile) over ``z_level``. 1: calibrated, > 1: the
-    interval is too narrow; inf when covering ``level`` needs a wrong pair with SD 0."""
-    err, sd = _errors(real_change, pred_change, sd)
+def sd_scale(
+    real_change, pred_change, sd, levels: Sequence[float] = LEVELS, dof=None
+) -> dict[float, float]:
+    """Factor the SD needs for coverage ``level``: the smallest ``|err| / (q_level sd)`` that
+    ``level`` of the pairs reach (the inverted-CDF quantile); ``q`` as in :func:`coverage`. 1:
+    calibrated, > 1: the interval is too narrow; inf when covering ``level`` needs a wrong pair
+    with SD 0."""
+    err, sd, dof = _errors(real_change, pred_change, sd, dof)
     if not len(err):
         return {level: float("nan") for level in levels}
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(err == 0, 0.0, err / sd)
-    return {
-        level: float(np.quantile(ratio, level, method="inverted_cdf") / z_value(level))
-        for level in levels
-    }
+    out = {}
+    for level in levels:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(err == 0, 0.0, err / (_quantile(level, dof) * sd))
+        out[level] = float(np.quantile(ratio, level, method="inverted_cdf"))
+    return out
 
 
-def _errors(real_change, pred_change, sd) -> tuple[np.ndarray, np.ndarray]:
-    real, pred, sd = (
-        np.asarray(a, dtype=np.float64).ravel() for a in (real_change, pred_change, sd)
-    )
-    if not real.shape == pred.shape == sd.shape:
-        raise TRVAEError(f"shapes differ: {real.shape}, {pred.shape}, {sd.shape}")
+def _errors(real_change, pred_change, sd, dof=None) -> tuple[np.ndarray, ...]:
+    arrays = [np.asarray(a, dtype=np.float64).ravel() for a in (real_change, pred_change, sd)]
+    if dof is not None:
+        arrays.append(np.asarray(dof, dtype=np.float64).ravel())
+    if len({a.shape for a in arrays}) > 1:
+        raise TRVAEError(f"shapes differ: {', '.join(str(a.shape) for a in arrays)}")
+    real, pred, sd = arrays[:3]
     if (sd < 0).any():
         raise TRVAEError("an SD is negative")
     ok = np.isfinite(real) & np.isfinite(pred) & np.isfinite(sd)
-    return np.abs(real - pred)[ok], sd[ok]
+    if dof is not None:
+        ok &= arrays[3] >= 1
+    return np.abs(real - pred)[ok], sd[ok], None if dof is None else arrays[3][ok]
 
 
 def coverage_table(genes: pd.DataFrame, levels: Sequence[float] = LEVELS) -> pd.DataFrame:
@@ -150,7 +181,9 @@ def coverage_table(genes: pd.DataFrame, levels: Sequence[float] = LEVELS) -> pd.
     for set_name, row, sub in scopes:
         for interval, column in INTERVALS.items():
             args = (sub["real_change"], sub["pred_change"], sub[column])
-            cov, scale = coverage(*args, levels=levels), sd_scale(*args, levels=levels)
+            dof = sub[INTERVAL_DOF[interval]] if interval in INTERVAL_DOF else None
+            cov = coverage(*args, levels=levels, dof=dof)
+            scale = sd_scale(*args, levels=levels, dof=dof)
             for level in levels:
                 rows.append(
                     {
@@ -179,6 +212,9 @@ def gene_lines(
     pred_change = pred_var["trvae_mean"].to_numpy(np.float64) - ctrl_mean
     sd = pred_var["trvae_mean_sd"].to_numpy(np.float64)
     se = np.sqrt(real_var / n_real)
+    nan = np.full(len(index), np.nan)
+    groups_sd = pred_var.get("trvae_response_sd", pd.Series(nan)).to_numpy(np.float64)
+    dof = pred.uns.get("trvae_prediction", {}).get("response_interval", {}).get("dof", np.nan)
     keys = {
         "set": ds.name, "row": row_name(ds, fold.group, perturbation), "group": fold.group,
         "perturbation": perturbation, "n_real": n_real, "n_control": len(fold.ctrl_x),
@@ -192,6 +228,9 @@ def gene_lines(
         "sd_ensemble": sd,
         "se_real": se,
         "sd_with_real_se": np.hypot(sd, se),
+        "sd_groups": groups_sd,
+        "sd_groups_with_real_se": np.hypot(groups_sd, se),
+        "dof_groups": np.full(len(index), float(dof)),
     }
     return pd.DataFrame({**keys, **columns}, columns=list(GENE_COLUMNS)).to_dict("records")
 
@@ -396,7 +435,7 @@ def write_report(
     """``report.md``: settings, pooled coverage and SD scale, per set and per held-out row."""
     epochs = settings["max_epochs"] or "package default (epoch_budget)"
     lines = [
-        "# Calibration of the trVAE ensemble's uncertainty (leave-one-group-out)",
+        "# Calibration of trVAE's uncertainty intervals (leave-one-group-out)",
         "",
         *run_lines(command or "run_calibration(...)", runtime),
         software_line(),
@@ -413,7 +452,11 @@ def write_report(
         "real mean change is `real mean - control mean`. The interval at nominal level L is "
         "`predicted ± z_L × SD` (two-sided normal quantile). **ensemble SD** uses the members' "
         "SD alone; **ensemble SD + real-mean SE** uses `sqrt(SD² + var_real / n_real)`, since "
-        "the real mean is itself estimated from n_real cells. Coverage is the fraction of "
+        "the real mean is itself estimated from n_real cells. **between-group SD (t)** is the "
+        "prediction's own response interval instead (`var['trvae_response_sd']`: the SD over "
+        "the training groups of their responses times sqrt(1 + 1/k), with the Student-t "
+        "quantile of k - 1 degrees of freedom), alone and with the real mean's SE. "
+        "Coverage is the fraction of "
         "(row, gene) pairs whose real change lies inside; a calibrated interval covers about L. "
         "`SD scale` is the factor the SD would need for coverage exactly L.",
         "",
@@ -446,6 +489,7 @@ def write_report(
         **{
             "median abs(real - predicted)": ("abs_error", "median"),
             "median ensemble SD": ("sd_ensemble", "median"),
+            "median between-group SD": ("sd_groups", "median"),
             "median real-mean SE": ("se_real", "median"),
         }
     )

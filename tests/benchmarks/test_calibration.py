@@ -66,13 +66,20 @@ def test_coverage_table_pools_sets_and_rows():
         {
             "set": ["a", "a", "a", "b"],
             "row": ["x", "x", "y", "z"],
-            "real_change": [1.0, 0.0, 5.0, 0.0],
+            "real_change": [1.0, 0.0, 2.5, 0.0],
             "pred_change": [0.0, 0.0, 0.0, 0.0],
             "sd_ensemble": [1.0, 1.0, 1.0, 1.0],
             "sd_with_real_se": [10.0, 10.0, 10.0, 10.0],
+            "sd_groups": [1.0, 1.0, 1.0, 1.0],
+            "sd_groups_with_real_se": [1.0, 1.0, 1.0, 1.0],
+            "dof_groups": [2.0, 2.0, 2.0, 0.0],  # row z: one group, no interval
         }
     )
     t = coverage_table(genes, (0.9,)).set_index(["set", "row", "interval"])
+    # Student-t with 2 degrees of freedom: 2.92 SDs at 90 %, so 2.5 is inside (normal: 1.64)
+    assert t.loc[("a", "y", "between-group SD (t)"), "coverage"] == 1.0
+    assert t.loc[("all", "all", "between-group SD (t)"), "coverage"] == 1.0
+    assert np.isnan(t.loc[("b", "z", "between-group SD (t)"), "coverage"])
     assert t.loc[("all", "all", "ensemble SD"), "coverage"] == 0.75
     assert t.loc[("all", "all", "ensemble SD"), "n_pairs"] == 4
     assert t.loc[("a", "all", "ensemble SD"), "coverage"] == pytest.approx(2 / 3)

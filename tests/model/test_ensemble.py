@@ -43,6 +43,12 @@ def test_prediction_is_the_member_mean_with_its_spread(ensemble, adata):
     assert (pred.var["trvae_mean_sd"] > 0).all()  # the seeds disagree somewhat
     assert list(pred.obs_names) == list(control.obs_names)
     assert pred.uns["trvae_ensemble"]["n_models"] == 3
+    source_mean = np.asarray(control.X.mean(0)).ravel()
+    np.testing.assert_allclose(
+        pred.var["trvae_response"], pred.var["trvae_mean"] - source_mean, atol=1e-5
+    )
+    # no mmd_group_key: one group, so no spread between groups to make an interval from
+    assert pred.var["trvae_response_sd"].isna().all() and pred.var["trvae_response_hi"].isna().all()
 
 
 def test_deterministic_and_save_load(ensemble, adata, tmp_path):

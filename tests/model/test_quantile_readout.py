@@ -230,3 +230,36 @@ def test_group_key_predicts_each_group_alone(model, small):
         model.predict(both, "stimulated", group_key="cell_type", out="x.h5ad")
     with pytest.raises(TRVAEError, match="nope"):
         model.predict(both, "stimulated", group_key="nope")
+
+
+def test_response_columns_and_their_interval(small):
+    from scipy.stats import t as student_t
+
+    cell_type = small.obs["cell_type"].astype(str).to_numpy()
+    stim = (small.obs["condition"] == "stimulated").to_numpy()
+    model = TRVAE(small, condition_key="condition", mmd_group_key="cell_type", **SMALL)
+    model.train(max_epochs=3, **QUIET)
+    source = small[(cell_type == cell_type[0]) & ~stim]
+    pred = model.predict(source, "stimulated")
+    var = pred.var
+    np.testing.assert_allclose(
+        var["trvae_response"], pred.X.mean(0) - np.asarray(source.X.mean(0)).ravel(), atol=1e-5
+    )
+    x = np.asarray(small.X.todense()) if hasattr(small.X, "todense") else small.X
+    responses = np.stack(
+        [x[(cell_type == g) & stim].mean(0) - x[(cell_type == g) & ~stim].mean(0)
+         for g in np.unique(cell_type)]
+    )  # fmt: skip
+    k = len(responses)
+    sd = responses.std(0, ddof=1) * np.sqrt(1 + 1 / k)
+    np.testing.assert_allclose(var["trvae_response_sd"], sd, rtol=1e-4, atol=1e-6)
+    q = student_t.ppf(0.95, k - 1)
+    np.testing.assert_allclose(var["trvae_response_hi"] - var["trvae_response"], q * sd, rtol=1e-4)
+    np.testing.assert_allclose(var["trvae_response"] - var["trvae_response_lo"], q * sd, rtol=1e-4)
+    assert pred.uns["trvae_prediction"]["response_interval"] == {"level": 0.9, "dof": k - 1}
+    grouped = model.predict(small[~stim], "stimulated", group_key="cell_type")
+    assert "trvae_response" not in grouped.var
+    assert list(grouped.varm["trvae_response"].columns) == list(pd.unique(cell_type[~stim]))
+    np.testing.assert_allclose(
+        grouped.varm["trvae_response"][cell_type[0]], var["trvae_response"], atol=1e-6
+    )

@@ -53,3 +53,22 @@ def test_check_anchor():
             check_anchor(bad, "mse")
     with pytest.raises(TRVAEError, match="quantile read-out"):
         check_anchor(0.5, "nb")
+
+
+def test_spreads_are_the_paired_groups_response_sd_widened():
+    # 3 groups x 2 conditions, 1 gene; responses 2, 4, 9 in the three groups (one cell each)
+    sums = torch.tensor([[1.0], [3.0], [0.0], [4.0], [1.0], [10.0]])
+    shifts = MeanShifts()
+    shifts.set(sums, torch.ones(6, dtype=torch.long), n_conditions=2)
+    responses = torch.tensor([2.0, 4.0, 9.0], dtype=torch.float64)
+    expected = responses.std() * (1 + 1 / 3) ** 0.5
+    sd, dof = shifts.spread(torch.tensor([0, 0]), 1)
+    torch.testing.assert_close(sd[:, 0], expected.float().repeat(2))
+    assert dof.tolist() == [2.0, 2.0]
+    one = MeanShifts()  # one paired group: no spread to estimate
+    one.set(sums[:4], torch.tensor([1, 1, 1, 0]), n_conditions=2)
+    assert torch.isnan(one.spread(torch.tensor([0]), 1)[0]).all()
+    assert one.spread(torch.tensor([0]), 1)[1].item() == 0.0
+    fresh = MeanShifts()
+    fresh.load_state_dict({"shifts": shifts.shifts})  # saved before the spreads existed
+    assert fresh.built and not fresh.has_spreads

@@ -10,6 +10,7 @@ from anndata import AnnData
 
 from trvae._errors import ModelLoadError, TRVAEError
 from trvae._io import atomic_directory
+from trvae.model._prediction import RESPONSE_COLUMNS
 from trvae.model._trvae import TRVAE
 
 _MANIFEST = "ensemble.json"
@@ -79,6 +80,9 @@ class TRVAEEnsemble:
         mean over members, and the SD, of each member's average over the predicted cells: the
         per-gene uncertainty of the predicted mean expression. An interval for the mean change
         of gene g is ``var["trvae_mean"] ± z * var["trvae_mean_sd"]`` minus the control mean.
+        The response columns of :meth:`TRVAE.predict` (``var["trvae_response"]`` and its
+        interval, from how much the training groups' responses differ) are centred on the
+        members' mean.
         """
         if predict_kwargs.get("out") is not None:
             raise TRVAEError("TRVAEEnsemble.predict builds its result in memory: out= is not taken")
@@ -92,6 +96,10 @@ class TRVAEEnsemble:
         result.var["trvae_mean"] = member_means.mean(0)
         sd_means = member_means.std(0, ddof=1) if len(stack) > 1 else np.zeros(stack.shape[2])
         result.var["trvae_mean_sd"] = sd_means
+        if RESPONSE_COLUMNS[0] in result.var:  # member 0's response interval, moved to the mean
+            delta = result.var["trvae_mean"].to_numpy() - member_means[0]
+            for name in (RESPONSE_COLUMNS[0], *RESPONSE_COLUMNS[2:]):
+                result.var[name] = result.var[name].to_numpy() + delta
         result.uns["trvae_ensemble"] = {"n_models": self.n_models, "seed": self.seed}
         return result
 

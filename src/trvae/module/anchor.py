@@ -1,10 +1,16 @@
 """The training data's mean shift between conditions, which a prediction's mean response can be
-anchored to (``anchor`` of :class:`trvae.TRVAE` and :meth:`~trvae.TRVAE.predict`).
+anchored to (``anchor`` of :class:`trvae.TRVAE` and :meth:`~trvae.TRVAE.predict`), and how much
+the groups' responses differ (the width of :meth:`~trvae.TRVAE.predict`'s response interval).
 
 For conditions ``s`` and ``t`` the shift is ``mean(x | t) - mean(x | s)`` over the cells of the
 groups (``mmd_group_key``) that have both conditions, all cells pooled: the "mean shift of the
 other groups" baseline of the benchmarks. Without groups, or when no group has both, over all
 training cells.
+
+The spread is the SD over those groups of their own response (``mean(x | t) - mean(x | s)`` per
+group) times ``sqrt(1 + 1/k)`` for ``k`` groups: with a Student-t quantile of ``k - 1`` degrees
+of freedom, the classical prediction interval for the response of one more group drawn like
+them.
 """
 
 from __future__ import annotations
@@ -32,10 +38,18 @@ class MeanShifts(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("shifts", None)
+        self.register_buffer("spreads", None)
+        self.register_buffer("dof", None)
 
     @property
     def built(self) -> bool:
         return self.shifts is not None
+
+    @property
+    def has_spreads(self) -> bool:
+        """Whether the between-group spreads of the responses are stored (models trained by
+        this trvae or later)."""
+        return self.spreads is not None and self.dof is not None
 
     def set(self, sums: Tensor, counts: Tensor, n_conditions: int) -> None:
         """Shifts from per-(group, condition) sums of expression (rows ``group * C + condition``,
@@ -44,14 +58,31 @@ class MeanShifts(nn.Module):
         sums = sums.double().reshape(-1, n_conditions, n_genes)
         counts = counts.double().reshape(-1, n_conditions)
         shifts = torch.zeros(n_conditions, n_conditions, n_genes, dtype=torch.float64)
+        spreads = torch.zeros_like(shifts)  # 0 where fewer than two groups: dof 0 says so
+        dof = torch.zeros(n_conditions, n_conditions, dtype=torch.float64)
+        group_means = sums / counts.clamp_min(1)[..., None]
         for s in range(n_conditions):
             for t in range(n_conditions):
                 paired = (counts[:, s] > 0) & (counts[:, t] > 0)
-                if not paired.any():
+                k = int(paired.sum())
+                if k >= 2:  # a new group's response: the paired groups' spread, widened for k
+                    responses = group_means[paired, t] - group_means[paired, s]
+                    spreads[s, t] = responses.std(0) * (1 + 1 / k) ** 0.5
+                    dof[s, t] = k - 1
+                if k == 0:
                     paired = torch.ones_like(paired)
                 means = sums[paired].sum(0) / counts[paired].sum(0).clamp_min(1)[:, None]
                 shifts[s, t] = means[t] - means[s]
         self.shifts = shifts.float()
+        self.spreads, self.dof = spreads.float(), dof.float()
+
+    def spread(self, source: Tensor, target: int) -> tuple[Tensor, Tensor]:
+        """The SD of a new group's response from each cell's condition ``source`` to ``target``
+        (cells x genes: the SD over the groups that have both, times ``sqrt(1 + 1/k)``; NaN
+        with fewer than two such groups) and its degrees of freedom ``k - 1`` (per cell)."""
+        dof = self.dof[source, target]
+        spread = self.spreads[source, target]
+        return torch.where(dof[:, None] >= 1, spread, float("nan")), dof
 
     def forward(self, source: Tensor, target: int) -> Tensor:
         """The shift from each cell's condition ``source`` to condition ``target`` (cells x
@@ -61,8 +92,9 @@ class MeanShifts(nn.Module):
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
     ) -> None:
-        value = state_dict.get(prefix + "shifts")
-        self.shifts = None if value is None else value.detach().float().contiguous()
+        for name in ("shifts", "spreads", "dof"):
+            value = state_dict.get(prefix + name)
+            setattr(self, name, None if value is None else value.detach().float().contiguous())
 
 
 def check_anchor(anchor: float, likelihood: str) -> float:
