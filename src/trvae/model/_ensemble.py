@@ -10,7 +10,7 @@ from anndata import AnnData
 
 from trvae._errors import ModelLoadError, TRVAEError
 from trvae._io import atomic_directory
-from trvae.model._prediction import RESPONSE_COLUMNS
+from trvae.model._response import RESPONSE_COLUMNS
 from trvae.model._trvae import TRVAE
 
 _MANIFEST = "ensemble.json"

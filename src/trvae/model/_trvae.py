@@ -19,6 +19,7 @@ from trvae.data.cell_data import CellData
 from trvae.model._assessment import AssessmentMixin
 from trvae.model._prediction import PredictionMixin
 from trvae.model._readout import ReadoutMixin
+from trvae.model._response import ResponseMixin
 from trvae.model._save_load import SaveLoadMixin
 from trvae.model._training import TrainingMixin
 from trvae.module import ARCHITECTURES, DECODER_CONDITIONING, LIKELIHOODS, MMD_ON, TRVAEModule
@@ -48,7 +49,9 @@ DEFAULT_ANCHOR: dict[str, float] = {"mse": 0.5, "nb": 0.0, "zinb": 0.0}
 DEFAULT_DECODER_CONDITIONING: dict[bool, str] = {False: "mmd_layer", True: "all_layers"}
 
 
-class TRVAE(TrainingMixin, PredictionMixin, ReadoutMixin, AssessmentMixin, SaveLoadMixin):
+class TRVAE(
+    TrainingMixin, PredictionMixin, ResponseMixin, ReadoutMixin, AssessmentMixin, SaveLoadMixin
+):
     """trVAE: a conditional VAE whose first decoder layer is made condition-independent by MMD.
 
     Parameters
