@@ -246,10 +246,7 @@ class PredictionMixin:
                 return (x + change).clamp_min(module.x_min)
             return gen["mean"] if return_mean else module.sample(gen)
 
-        obs = adata.obs.copy()
-        obs[self.condition_key] = pd.Categorical.from_codes(
-            np.full(adata.n_obs, target), categories=self.conditions_
-        )
+        obs = self._target_obs(adata, target)
         order = V.align_genes(adata, self.var_names)
         var = adata.var.copy() if order is None else adata.var.iloc[order].copy()
         anchor = self._anchor_weight(anchor, mode)
@@ -276,6 +273,14 @@ class PredictionMixin:
         result.uns.update(uns)
         self._add_response(result, data, target)
         return result
+
+    def _target_obs(self, adata: AnnData, target: int) -> pd.DataFrame:
+        """A copy of ``adata.obs`` with ``condition_key`` set to condition code ``target``."""
+        obs = adata.obs.copy()
+        obs[self.condition_key] = pd.Categorical.from_codes(
+            np.full(adata.n_obs, target), categories=self.conditions_
+        )
+        return obs
 
     @staticmethod
     def _write_prediction(batches, out, obs, var, uns, counts: bool) -> AnnData:

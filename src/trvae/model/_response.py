@@ -71,10 +71,7 @@ class ResponseMixin:
             x[rows] = pred.X
         assert first is not None  # check_obs_key: at least one cell
         var = first.var.drop(columns=[c for c in RESPONSE_COLUMNS if c in first.var])
-        obs = adata.obs.copy()
-        obs[self.condition_key] = pd.Categorical.from_codes(
-            np.full(adata.n_obs, self._code(target_condition)), categories=self.conditions_
-        )
+        obs = self._target_obs(adata, self._code(target_condition))
         result = AnnData(x, obs=obs, var=var)
         result.uns["trvae_prediction"] = {**first.uns["trvae_prediction"], "group_key": group_key}
         for name in RESPONSE_COLUMNS if responses else ():
