@@ -17,7 +17,9 @@ lies inside. The real mean is itself an estimate from ``n`` cells, so a second i
 the SD to ``sqrt(s_g² + var_real,g / n)`` (:data:`INTERVALS`). A third pair of intervals uses
 the predictions' own response interval instead of the seeds (``var["trvae_response_sd"]``: how
 much the training groups' responses differ, with a Student-t quantile of ``k - 1`` degrees of
-freedom, :data:`INTERVAL_DOF`). A calibrated interval covers about ``L``; less means it is
+freedom, :data:`INTERVAL_DOF`), and that SD times the factor :meth:`trvae.TRVAE.assess` measures
+on the fold's training data (member 0, :data:`ASSESS_GROUPS` pseudo-held-out groups; NaN where
+it cannot run). A calibrated interval covers about ``L``; less means it is
 overconfident. ``sd_scale`` is the factor the SD would need for coverage exactly ``L`` (the
 ``L`` quantile of ``|d - d̂| / (q_L SD)``, ``q_L`` the interval's quantile).
 
@@ -84,13 +86,19 @@ INTERVALS = {
     "ensemble SD + real-mean SE": "sd_with_real_se",
     "between-group SD (t)": "sd_groups",
     "between-group SD (t) + real-mean SE": "sd_groups_with_real_se",
+    "between-group SD (t) x assess": "sd_assessed",
+    "between-group SD (t) x assess + real-mean SE": "sd_assessed_with_real_se",
 }
 #: Interval name -> the column of ``genes.csv`` with its degrees of freedom (Student-t
 #: quantiles); the others use the normal quantile.
 INTERVAL_DOF = {
     "between-group SD (t)": "dof_groups",
     "between-group SD (t) + real-mean SE": "dof_groups",
+    "between-group SD (t) x assess": "dof_groups",
+    "between-group SD (t) x assess + real-mean SE": "dof_groups",
 }
+#: Pseudo-held-out groups of ``TRVAE.assess`` behind the assess-scaled interval.
+ASSESS_GROUPS = 3
 #: Ensemble size, held-out groups per set by default.
 N_MODELS, N_GROUPS = 5, 2
 #: ``quick=True``: the first two synthetic sets (small, :data:`~trvae_benchmarks.suite.QUICK_SIM`),
@@ -99,7 +107,8 @@ QUICK_SETS, QUICK_GROUPS, QUICK_N_MODELS = SYNTHETIC[:2], 1, 3
 GENE_COLUMNS = (
     "set", "row", "group", "perturbation", "gene", "deg_rank", "n_real", "n_control",
     "control_mean", "real_change", "pred_change", "sd_ensemble", "se_real", "sd_with_real_se",
-    "sd_groups", "sd_groups_with_real_se", "dof_groups",
+    "sd_groups", "sd_groups_with_real_se", "dof_groups", "assess_scale", "sd_assessed",
+    "sd_assessed_with_real_se",
 )  # fmt: skip
 METRIC_COLUMNS = ("set", "row", "interval", "nominal", "coverage", "sd_scale", "n_pairs")
 
@@ -199,9 +208,15 @@ def coverage_table(genes: pd.DataFrame, levels: Sequence[float] = LEVELS) -> pd.
 
 
 def gene_lines(
-    ds: DevSet, fold: Fold, perturbation: str, pred: AnnData, degs: Sequence[str]
+    ds: DevSet,
+    fold: Fold,
+    perturbation: str,
+    pred: AnnData,
+    degs: Sequence[str],
+    assess_scale: float = float("nan"),
 ) -> list[dict]:
-    """One :data:`GENE_COLUMNS` line per DEG: real and predicted mean change, their SDs."""
+    """One :data:`GENE_COLUMNS` line per DEG: real and predicted mean change, their SDs;
+    ``assess_scale``: the factor :meth:`trvae.TRVAE.assess` put on the response interval."""
     real = fold.real[perturbation]
     index = pd.Index(fold.var_names).get_indexer(list(degs))
     ctrl_mean = fold.ctrl_x.mean(0, dtype=np.float64)[index]
@@ -231,6 +246,9 @@ def gene_lines(
         "sd_groups": groups_sd,
         "sd_groups_with_real_se": np.hypot(groups_sd, se),
         "dof_groups": np.full(len(index), float(dof)),
+        "assess_scale": np.full(len(index), float(assess_scale)),
+        "sd_assessed": groups_sd * assess_scale,
+        "sd_assessed_with_real_se": np.hypot(groups_sd * assess_scale, se),
     }
     return pd.DataFrame({**keys, **columns}, columns=list(GENE_COLUMNS)).to_dict("records")
 
@@ -248,13 +266,29 @@ def _fold_lines(
     )  # fmt: skip
     ensemble.train(**train_kw)
     fit_s = time.perf_counter() - start
+    preds = {}
+    for p in fold.real:
+        torch.set_num_threads(n_threads)
+        preds[p] = ensemble.predict(fold.ctrl, target_condition=p)
+    scale = _assess_scale(ensemble.members[0], ds, seed, train_kw)
     lines: list[dict] = []
     for p, real in fold.real.items():
         degs = select_degs(real, fold.ctrl_x, fold.var_names, p, ds.control)
-        torch.set_num_threads(n_threads)
-        pred = ensemble.predict(fold.ctrl, target_condition=p)
-        lines += gene_lines(ds, fold, p, pred, degs)
+        lines += gene_lines(ds, fold, p, preds[p], degs, scale)
     return lines, fit_s
+
+
+def _assess_scale(member: trvae.TRVAE, ds: DevSet, seed: int, train_kw: dict) -> float:
+    """The response-interval factor ``member.assess(G, n_groups=3)`` measures on the fold's
+    training data (at the member's anchor); NaN where it cannot run."""
+    try:
+        table = member.assess(
+            ds.group_key, n_groups=ASSESS_GROUPS, seed=seed, control=ds.control, anchors=None,
+            choose_anchor=False, calibrate=False, **train_kw,
+        )  # fmt: skip
+    except TRVAEError:
+        return float("nan")
+    return float(table.attrs.get("interval_scale", float("nan")))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -455,7 +489,10 @@ def write_report(
         "the real mean is itself estimated from n_real cells. **between-group SD (t)** is the "
         "prediction's own response interval instead (`var['trvae_response_sd']`: the SD over "
         "the training groups of their responses times sqrt(1 + 1/k), with the Student-t "
-        "quantile of k - 1 degrees of freedom), alone and with the real mean's SE. "
+        "quantile of k - 1 degrees of freedom), alone and with the real mean's SE; "
+        "**x assess** multiplies that SD by the factor `TRVAE.assess(G, n_groups=3)` measures "
+        "on the fold's training data alone (member 0, its pseudo-held-out groups' real mean "
+        "changes of their top-100 DEGs covered at 90 %; what `assess` stores in a model). "
         "Coverage is the fraction of "
         "(row, gene) pairs whose real change lies inside; a calibrated interval covers about L. "
         "`SD scale` is the factor the SD would need for coverage exactly L.",
@@ -490,6 +527,7 @@ def write_report(
             "median abs(real - predicted)": ("abs_error", "median"),
             "median ensemble SD": ("sd_ensemble", "median"),
             "median between-group SD": ("sd_groups", "median"),
+            "assess factor": ("assess_scale", "first"),
             "median real-mean SE": ("se_real", "median"),
         }
     )

@@ -19,7 +19,7 @@ from trvae_benchmarks.calibration import (
     z_value,
 )
 
-SIM = {"n_genes": 30, "cells_per_group": 20, "n_cell_types": 3}
+SIM = {"n_genes": 30, "cells_per_group": 20, "n_cell_types": 4}  # assess: 2 paired groups left
 TINY = {"n_hidden": (16,), "n_latent": 4, "n_mmd": 8}
 
 
@@ -73,6 +73,8 @@ def test_coverage_table_pools_sets_and_rows():
             "sd_groups": [1.0, 1.0, 1.0, 1.0],
             "sd_groups_with_real_se": [1.0, 1.0, 1.0, 1.0],
             "dof_groups": [2.0, 2.0, 2.0, 0.0],  # row z: one group, no interval
+            "sd_assessed": [0.5, 0.5, 0.5, 0.5],  # the between-group SD x an assess factor 0.5
+            "sd_assessed_with_real_se": [0.5, 0.5, 0.5, 0.5],
         }
     )
     t = coverage_table(genes, (0.9,)).set_index(["set", "row", "interval"])
@@ -85,6 +87,8 @@ def test_coverage_table_pools_sets_and_rows():
     assert t.loc[("a", "all", "ensemble SD"), "coverage"] == pytest.approx(2 / 3)
     assert t.loc[("a", "y", "ensemble SD"), "coverage"] == 0.0
     assert t.loc[("a", "y", "ensemble SD + real-mean SE"), "coverage"] == 1.0
+    assert t.loc[("a", "y", "between-group SD (t) x assess"), "coverage"] == 0.0  # 2.5 > 1.46
+    assert t.loc[("a", "x", "between-group SD (t) x assess"), "coverage"] == 1.0
     assert set(t.index.get_level_values("interval")) == set(INTERVALS)
 
 
@@ -124,6 +128,10 @@ def test_the_loop_writes_metrics_genes_and_report(tiny_run):
     assert (genes["sd_ensemble"] > 0).mean() > 0.9
     for _, sub in pooled.groupby("interval"):
         assert sub.sort_values("nominal")["coverage"].is_monotonic_increasing
+    # the assess factor: one per fold, applied to the between-group SD
+    scales = genes.groupby(["set", "group"])["assess_scale"].nunique()
+    assert (scales == 1).all() and (genes["assess_scale"] > 0).all()
+    np.testing.assert_allclose(genes["sd_assessed"], genes["sd_groups"] * genes["assess_scale"])
     report = (out / "report.md").read_text()
     assert "trvae benchmark calibration --test" in report
     for name in INTERVALS:

@@ -79,3 +79,39 @@ def test_assess_choices_and_errors():
     adata.obs["lonely"] = "one"
     with pytest.raises(TRVAEError, match="two groups"):
         TRVAE(adata, condition_key="condition", **TINY).assess("lonely", **BUDGET)
+
+
+def test_assess_calibrates_the_response_interval():
+    adata = continuum(1.0)
+    model = TRVAE(adata, condition_key="condition", mmd_group_key="group", **TINY)
+    model.train(max_epochs=40, accelerator="cpu", progress_bar=False)
+    source = adata[(adata.obs["group"] == "g1").to_numpy() & (adata.obs["condition"] == "control")]
+    before = model.predict(source, "stimulated", accelerator="cpu")
+    table = model.assess("group", groups=["g1", "g4"], anchors=None, **BUDGET)
+    scale = table.attrs["interval_scale"]
+    assert np.isfinite(scale) and scale > 0 and scale != 1.0
+    assert table["interval_coverage"].between(0, 1).all()
+    assert f"x{scale:.2f}" in table.attrs["verdict"]
+    after = model.predict(source, "stimulated", accelerator="cpu")
+    np.testing.assert_allclose(
+        after.var["trvae_response_sd"], scale * before.var["trvae_response_sd"], rtol=1e-5
+    )
+    np.testing.assert_allclose(after.var["trvae_response"], before.var["trvae_response"])
+    assert after.uns["trvae_prediction"]["response_interval"]["scale"] == pytest.approx(scale)
+    kept = TRVAE(adata, condition_key="condition", mmd_group_key="group", **TINY)
+    kept.train(max_epochs=40, accelerator="cpu", progress_bar=False)
+    again = kept.assess("group", groups=["g1", "g4"], anchors=None, calibrate=False, **BUDGET)
+    measured = again.attrs["interval_scale"]
+    assert np.isfinite(measured) and measured > 0 and "would need" in again.attrs["verdict"]
+    assert kept.module.mean_shifts.scale.item() == 1.0
+
+
+def test_interval_scale_covers_the_nominal_level():
+    from trvae.model._assessment import _interval_scale
+
+    ratios = [np.linspace(0.1, 2.0, 20), np.array([np.nan, 0.5, 3.0])]
+    scale = _interval_scale(ratios)
+    pooled = np.concatenate(ratios)
+    pooled = pooled[np.isfinite(pooled)]
+    assert np.mean(pooled / scale <= 1) >= 0.9 > np.mean(pooled / (0.99 * scale) <= 1)
+    assert np.isnan(_interval_scale([np.array([np.nan])]))

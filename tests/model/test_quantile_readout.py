@@ -256,7 +256,8 @@ def test_response_columns_and_their_interval(small):
     q = student_t.ppf(0.95, k - 1)
     np.testing.assert_allclose(var["trvae_response_hi"] - var["trvae_response"], q * sd, rtol=1e-4)
     np.testing.assert_allclose(var["trvae_response"] - var["trvae_response_lo"], q * sd, rtol=1e-4)
-    assert pred.uns["trvae_prediction"]["response_interval"] == {"level": 0.9, "dof": k - 1}
+    interval = {"level": 0.9, "dof": k - 1, "scale": 1.0}  # no assess yet: factor 1
+    assert pred.uns["trvae_prediction"]["response_interval"] == interval
     grouped = model.predict(small[~stim], "stimulated", group_key="cell_type")
     assert "trvae_response" not in grouped.var
     assert list(grouped.varm["trvae_response"].columns) == list(pd.unique(cell_type[~stim]))

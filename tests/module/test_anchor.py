@@ -72,3 +72,22 @@ def test_spreads_are_the_paired_groups_response_sd_widened():
     fresh = MeanShifts()
     fresh.load_state_dict({"shifts": shifts.shifts})  # saved before the spreads existed
     assert fresh.built and not fresh.has_spreads
+
+
+def test_scale_multiplies_the_spread_and_survives_a_state_dict():
+    sums = torch.tensor([[1.0], [3.0], [0.0], [4.0], [1.0], [10.0]])
+    shifts = MeanShifts()
+    shifts.set(sums, torch.ones(6, dtype=torch.long), n_conditions=2)
+    before = shifts.spread(torch.tensor([0]), 1)[0]
+    assert shifts.scale.item() == 1.0
+    shifts.set_scale(1.5)
+    torch.testing.assert_close(shifts.spread(torch.tensor([0]), 1)[0], 1.5 * before)
+    copy = MeanShifts()
+    copy.load_state_dict(shifts.state_dict())
+    assert copy.scale.item() == 1.5
+    old = {k: v for k, v in shifts.state_dict().items() if k != "scale"}  # saved before scale
+    copy.load_state_dict(old)
+    assert copy.scale.item() == 1.0
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(TRVAEError, match="scale"):
+            shifts.set_scale(bad)

@@ -11,6 +11,7 @@ from anndata import AnnData
 
 from trvae._errors import TRVAEError
 from trvae.data import validation as V
+from trvae.model._response import RESPONSE_COLUMNS, RESPONSE_LEVEL
 
 #: Fewest cells of a group in the control and in a perturbed condition for it to be assessed.
 MIN_CELLS = 10
@@ -32,6 +33,7 @@ class AssessmentMixin:
         seed: int = 0,
         anchors: Sequence[float] | None = ANCHORS,
         choose_anchor: bool = True,
+        calibrate: bool = True,
         **train_kwargs,
     ) -> pd.DataFrame:
         """Estimate, on the training data alone, how far to trust predictions of unseen groups.
@@ -66,6 +68,13 @@ class AssessmentMixin:
             groups (the lowest mean rank among ``anchors`` over Pearson-Δ and E-distance of
             every row; a tie keeps the weight nearest the model's), so that :meth:`predict`
             uses it. The choice and the ranks are in ``attrs``.
+        calibrate
+            Widen (or narrow) the response interval that :meth:`predict` writes
+            (``var["trvae_response_lo"]`` / ``["trvae_response_hi"]``) by the factor that makes
+            it cover the pseudo-held-out groups' real mean changes of their top-100 DEGs at its
+            nominal level (90 %), at the anchor of the verdict. The factor measured is
+            ``attrs["interval_scale"]`` (NaN where no refit had an interval); with ``calibrate``
+            it is kept in the model (1 before any assessment).
         **train_kwargs
             Arguments of :meth:`train` for the refits (e.g. the ``max_epochs`` you trained with);
             by default the package defaults.
@@ -74,7 +83,9 @@ class AssessmentMixin:
         -------
         A DataFrame with one row per (group, perturbation, anchor weight): ``delta_pearson``,
         ``edist``, ``r2_mean`` of trVAE and the same with suffix ``_mean_shift``, and
-        ``beats_mean_shift`` (higher Pearson r *and* lower E-distance). ``attrs["anchor"]`` is
+        ``beats_mean_shift`` (higher Pearson r *and* lower E-distance) and ``interval_coverage``
+        (the fraction of the DEGs whose real mean change lies in the refit's response interval,
+        before any calibration). ``attrs["anchor"]`` is
         the weight the verdict is about (the chosen one, or the model's),
         ``attrs["anchor_ranks"]`` the mean rank of each weight and ``attrs["verdict"]`` a
         one-line summary; the frame is also kept as ``model.assessment_``.
@@ -97,7 +108,7 @@ class AssessmentMixin:
         weights = sorted({current, *map(float, anchors or ())})
         if self.init_params["likelihood"] != "mse":
             weights = [0.0]
-        rows = []
+        rows, ratios = [], {w: [] for w in weights}
         groups = labels
         for group, target in chosen:
             held = (groups == group) & (conditions == target)
@@ -116,6 +127,8 @@ class AssessmentMixin:
                 kw = {"anchor": weight} if len(weights) > 1 else {}
                 pred = model.predict(source, target, accelerator=device, **kw)
                 row = _score(real, source, pred.X, shift, model.layer, idx)
+                ratios[weight].append(_interval_ratios(real, source, pred, model.layer, idx))
+                row["interval_coverage"] = _coverage(ratios[weight][-1])
                 rows.append({"group": group, "target": target, "anchor": weight, **row})
         table = pd.DataFrame(rows)
         ranks = _anchor_ranks(table)
@@ -124,8 +137,13 @@ class AssessmentMixin:
             nearest = sorted(ranks.index, key=lambda w: (ranks[w], abs(w - current)))
             best = float(nearest[0])
             self.init_params["anchor"] = best
+        scale = _interval_scale(ratios[best])
+        if calibrate and np.isfinite(scale) and scale > 0:
+            self.module.mean_shifts.set_scale(scale)
         table.attrs["anchor"], table.attrs["anchor_ranks"] = best, ranks.to_dict()
-        table.attrs["verdict"] = _verdict(table[table["anchor"] == best], best, best != current)
+        table.attrs["interval_scale"] = scale
+        verdict = _verdict(table[table["anchor"] == best], best, best != current)
+        table.attrs["verdict"] = verdict + _interval_note(scale, calibrate)
         self.assessment_ = table
         return table
 
@@ -231,6 +249,48 @@ def _score(real: AnnData, source: AnnData, pred, shift, layer, idx: np.ndarray) 
         and row["edist"] < row["edist_mean_shift"]
     )
     return row
+
+
+def _interval_ratios(
+    real: AnnData, source: AnnData, pred: AnnData, layer: str | None, idx: np.ndarray
+) -> np.ndarray:
+    """``|real change - predicted change| / half-width`` of the prediction's response interval
+    on genes ``idx`` (NaN where it has none): 1 is the interval's edge."""
+    from trvae.metrics._helpers import _dense
+
+    if RESPONSE_COLUMNS[0] not in pred.var:
+        return np.full(len(idx), np.nan)
+    real_change = _dense(V.get_matrix(real, layer))[:, idx].mean(0) - _dense(
+        V.get_matrix(source, layer)
+    )[:, idx].mean(0)
+    lo, mid, hi = (pred.var[f"trvae_response{s}"].to_numpy()[idx] for s in ("_lo", "", "_hi"))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.abs(real_change - mid) / ((hi - lo) / 2)
+    return np.where(np.abs(real_change - mid) == 0, 0.0, ratio)
+
+
+def _coverage(ratios: np.ndarray) -> float:
+    ok = np.isfinite(ratios)
+    return float(np.mean(ratios[ok] <= 1)) if ok.any() else float("nan")
+
+
+def _interval_scale(ratios: list[np.ndarray]) -> float:
+    """The factor of the interval's half-width that covers :data:`RESPONSE_LEVEL` of the pooled
+    (row, gene) pairs; NaN without any."""
+    pooled = np.concatenate(ratios) if ratios else np.zeros(0)
+    pooled = pooled[np.isfinite(pooled)]
+    if not len(pooled):
+        return float("nan")
+    return float(np.quantile(pooled, RESPONSE_LEVEL, method="inverted_cdf"))
+
+
+def _interval_note(scale: float, calibrate: bool) -> str:
+    if not np.isfinite(scale):
+        return ""
+    what = "widened" if scale >= 1 else "narrowed"
+    if not calibrate:
+        return f"; its response interval would need x{scale:.2f} to cover {RESPONSE_LEVEL:.0%}"
+    return f"; response interval {what} x{scale:.2f} to cover {RESPONSE_LEVEL:.0%}"
 
 
 def _anchor_ranks(table: pd.DataFrame) -> pd.Series:

@@ -47,7 +47,7 @@ class ResponseMixin:
             RESPONSE_COLUMNS, (response, sd, response - q * sd, response + q * sd), strict=True
         ):
             result.var[name] = value
-        interval = {"level": RESPONSE_LEVEL, "dof": dof}
+        interval = {"level": RESPONSE_LEVEL, "dof": dof, "scale": float(shifts.scale)}
         result.uns["trvae_prediction"]["response_interval"] = interval
 
     def _predict_groups(

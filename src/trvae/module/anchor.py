@@ -10,7 +10,10 @@ training cells.
 The spread is the SD over those groups of their own response (``mean(x | t) - mean(x | s)`` per
 group) times ``sqrt(1 + 1/k)`` for ``k`` groups: with a Student-t quantile of ``k - 1`` degrees
 of freedom, the classical prediction interval for the response of one more group drawn like
-them.
+them. That interval ignores the error of the predicted response itself, so it is too narrow
+for trVAE's prediction; :meth:`~trvae.TRVAE.assess` measures by how much on pseudo-held-out
+groups of the training data and stores the factor as ``scale`` (1 until then), which
+:meth:`MeanShifts.spread` applies.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class MeanShifts(nn.Module):
         self.register_buffer("shifts", None)
         self.register_buffer("spreads", None)
         self.register_buffer("dof", None)
+        self.register_buffer("scale", torch.ones(()))
 
     @property
     def built(self) -> bool:
@@ -78,11 +82,19 @@ class MeanShifts(nn.Module):
 
     def spread(self, source: Tensor, target: int) -> tuple[Tensor, Tensor]:
         """The SD of a new group's response from each cell's condition ``source`` to ``target``
-        (cells x genes: the SD over the groups that have both, times ``sqrt(1 + 1/k)``; NaN
-        with fewer than two such groups) and its degrees of freedom ``k - 1`` (per cell)."""
+        (cells x genes: the SD over the groups that have both, times ``sqrt(1 + 1/k)`` and
+        :attr:`scale`; NaN with fewer than two such groups) and its degrees of freedom ``k - 1``
+        (per cell)."""
         dof = self.dof[source, target]
-        spread = self.spreads[source, target]
+        spread = self.spreads[source, target] * self.scale
         return torch.where(dof[:, None] >= 1, spread, float("nan")), dof
+
+    def set_scale(self, scale: float) -> None:
+        """Set :attr:`scale`, the factor of every spread (a positive finite number)."""
+        value = float(scale)
+        if not (value > 0 and value < float("inf")):
+            raise TRVAEError(f"the spread's scale must be a positive finite number, got {scale}")
+        self.scale = torch.tensor(value, device=self.scale.device)
 
     def forward(self, source: Tensor, target: int) -> Tensor:
         """The shift from each cell's condition ``source`` to condition ``target`` (cells x
@@ -95,6 +107,8 @@ class MeanShifts(nn.Module):
         for name in ("shifts", "spreads", "dof"):
             value = state_dict.get(prefix + name)
             setattr(self, name, None if value is None else value.detach().float().contiguous())
+        scale = state_dict.get(prefix + "scale")  # absent before trvae stored it: 1
+        self.scale = torch.ones(()) if scale is None else scale.detach().float().reshape(())
 
 
 def check_anchor(anchor: float, likelihood: str) -> float:
