@@ -123,11 +123,12 @@ class AssessmentMixin:
             )
             real = adata[held]
             idx = _response_degs(real, source, model.layer)
+            real_change = _mean(real, model.layer, idx) - _mean(source, model.layer, idx)
             for weight in weights:
                 kw = {"anchor": weight} if len(weights) > 1 else {}
                 pred = model.predict(source, target, accelerator=device, **kw)
                 row = _score(real, source, pred.X, shift, model.layer, idx)
-                ratios[weight].append(_interval_ratios(real, source, pred, model.layer, idx))
+                ratios[weight].append(_interval_ratios(pred, real_change, idx))
                 row["interval_coverage"] = _coverage(ratios[weight][-1])
                 rows.append({"group": group, "target": target, "anchor": weight, **row})
         table = pd.DataFrame(rows)
@@ -251,18 +252,18 @@ def _score(real: AnnData, source: AnnData, pred, shift, layer, idx: np.ndarray) 
     return row
 
 
-def _interval_ratios(
-    real: AnnData, source: AnnData, pred: AnnData, layer: str | None, idx: np.ndarray
-) -> np.ndarray:
-    """``|real change - predicted change| / half-width`` of the prediction's response interval
-    on genes ``idx`` (NaN where it has none): 1 is the interval's edge."""
+def _mean(adata: AnnData, layer: str | None, idx: np.ndarray) -> np.ndarray:
+    """Mean expression of genes ``idx`` over ``adata``'s cells."""
     from trvae.metrics._helpers import _dense
 
+    return _dense(V.get_matrix(adata, layer))[:, idx].mean(0)
+
+
+def _interval_ratios(pred: AnnData, real_change: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``|real change - predicted change| / half-width`` of the prediction's response interval
+    on genes ``idx`` (NaN where it has none): 1 is the interval's edge."""
     if RESPONSE_COLUMNS[0] not in pred.var:
         return np.full(len(idx), np.nan)
-    real_change = _dense(V.get_matrix(real, layer))[:, idx].mean(0) - _dense(
-        V.get_matrix(source, layer)
-    )[:, idx].mean(0)
     lo, mid, hi = (pred.var[f"trvae_response{s}"].to_numpy()[idx] for s in ("_lo", "", "_hi"))
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.abs(real_change - mid) / ((hi - lo) / 2)
