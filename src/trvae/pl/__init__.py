@@ -121,7 +121,7 @@ def var_scatter(
     Returns
     -------
     Figure
-        The figure of :func:`var_scatter`.
+        The scatter plot.
 
     Examples
     --------
@@ -210,7 +210,7 @@ def r2_bars(
     Returns
     -------
     Figure
-        The figure of :func:`r`.
+        The bar chart (one group of bars per cell type).
 
     Examples
     --------
