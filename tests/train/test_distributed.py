@@ -7,7 +7,10 @@ failing run.
 
 from __future__ import annotations
 
+import atexit
+import os
 import pickle
+import signal
 
 import anndata as ad
 import numpy as np
@@ -174,6 +177,32 @@ def test_error_in_a_process_surfaces_in_the_caller(adata):
         model.train(max_epochs=1, lr=-1.0, accelerator="cpu", devices=2, progress_bar=False)
     assert not model.is_trained
     assert all(torch.equal(v, before[k]) for k, v in model.module.state_dict().items())
+
+
+class AbortsAtExit(EvalOnlyModule):
+    """Kills its process with SIGABRT at interpreter exit, like a crash in gloo's teardown."""
+
+    def forward(self, *args, **kwargs):
+        if not getattr(self, "_armed", False):
+            atexit.register(os.kill, os.getpid(), signal.SIGABRT)
+            self._armed = True
+        return super().forward(*args, **kwargs)
+
+
+def test_a_crash_after_the_finished_training_keeps_the_model(adata):
+    """rank 0's result is complete before teardown: a later death warns and returns it."""
+    model = TRVAE(adata, condition_key="condition", **TINY)
+    data = model._cell_data(adata)
+    train_idx, val_idx = stratified_split(data.conditions.numpy(), 0.1, 0)
+    torch.manual_seed(0)
+    module = AbortsAtExit(adata.n_vars, 2, **TINY)
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    plan = TrainingPlan(batch_size=72, max_epochs=2)
+    fit = FitJob(plan, module, data, train_idx, val_idx, progress_bar=False)
+    with pytest.warns(RuntimeWarning, match="after the training had finished.*SIGABRT"):
+        history = fit_distributed(fit, DeviceSetup("cpu", 2))
+    assert len(history) == 2
+    assert any(not torch.equal(v, before[k]) for k, v in module.state_dict().items())
 
 
 # ---------------------------------------------------------------------- arguments

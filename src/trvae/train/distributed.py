@@ -15,7 +15,8 @@ data), and this module adds what Lightning's DDP strategy would:
   BatchNorm statistics are computed within each process's batch.
 - The validation loss is all-reduced, so the learning-rate schedule, the best epoch and early
   stopping are the same decisions in every process; rank 0's best weights and its history come
-  back to the calling process (through a file in a temporary directory).
+  back to the calling process (through a file in a temporary directory, written after the last
+  training collective; a process that crashes after that, in the teardown, only warns).
 - The data reach the processes pickled (spawn): fine for in-memory data of a few GB. A backed
   (on-disk) matrix is sent as its file name and reopened read-only in each process.
 - A script that trains with ``devices >= 2`` must keep its top-level code under
@@ -35,6 +36,7 @@ import copy
 import os
 import pickle
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -49,6 +51,7 @@ import torch.multiprocessing as mp
 from scipy import sparse
 
 from trvae._errors import TRVAEError
+from trvae._io import atomic_torch_save
 from trvae.data.cell_data import CellData
 from trvae.data.device_data import to_device_data
 from trvae.train.devices import DeviceSetup
@@ -214,7 +217,8 @@ def _worker(rank: int, payload: bytes) -> None:
                 "columns": list(history.columns),
                 "best_epoch": int(history.attrs.get("best_epoch", -1)),
             }
-            torch.save(result, job.result_path)
+            atomic_torch_save(result, job.result_path)
+        dist.barrier()  # no process tears its connections down while another still uses them
     finally:
         dist.destroy_process_group()
 
@@ -287,7 +291,16 @@ def fit_distributed(fit: FitJob, setup: DeviceSetup) -> pd.DataFrame:
             try:
                 mp.spawn(_worker, args=(payload,), nprocs=setup.world_size, join=True)
             except (mp.ProcessRaisedException, mp.ProcessExitedException) as err:
-                raise _child_error(err, setup.world_size) from err
+                if not Path(job.result_path).exists():
+                    raise _child_error(err, setup.world_size) from err
+                # rank 0 writes the result (atomically) after the last training collective, so
+                # a process that fails now fails in the teardown of a finished training
+                warnings.warn(
+                    f"a DDP training process failed after the training had finished "
+                    f"({_child_error(err, setup.world_size)}); using the finished model",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
             result = torch.load(job.result_path, weights_only=True, map_location="cpu")
     finally:
         del store
