@@ -59,9 +59,25 @@ def save_figure(fig, path: str | os.PathLike, **savefig_kwargs) -> str:
     return Path(path).name
 
 
+@contextmanager
+def nullable_strings_writable() -> Iterator[None]:
+    """Let anndata write pandas' string arrays (the default string dtype from pandas 3 on).
+
+    anndata refuses them unless ``settings.allow_write_nullable_strings`` is set, because
+    anndata < 0.11 cannot read them back; trvae requires anndata >= 0.11.
+    """
+    from anndata import settings
+
+    if not hasattr(settings, "allow_write_nullable_strings"):
+        yield
+        return
+    with settings.override(allow_write_nullable_strings=True):
+        yield
+
+
 def write_h5ad(adata, path: str | os.PathLike) -> None:
     """``adata.write_h5ad`` to ``path`` atomically."""
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, nullable_strings_writable():
         adata.write_h5ad(tmp.with_suffix(".h5ad"))
         os.replace(tmp.with_suffix(".h5ad"), tmp)
 

@@ -21,6 +21,8 @@ from anndata import AnnData
 from anndata.io import sparse_dataset, write_elem
 from scipy import sparse
 
+from trvae._io import nullable_strings_writable
+
 __all__ = ["write_h5ad_chunked"]
 
 #: Elements of an HDF5 chunk of the written X (256k values: 1 MB of float32).
@@ -64,7 +66,8 @@ def write_h5ad_chunked(
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     n_obs, n_vars = len(obs), len(var)
     try:
-        AnnData(obs=obs, var=var, uns=dict(uns or {})).write_h5ad(tmp)
+        with nullable_strings_writable():
+            AnnData(obs=obs, var=var, uns=dict(uns or {})).write_h5ad(tmp)
         with h5py.File(tmp, "a") as handle:
             n_rows = (
                 _append_sparse(handle, chunks, n_vars, dtype)
