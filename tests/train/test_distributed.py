@@ -261,8 +261,14 @@ def test_cuda_inference_matches_the_cpu(single, adata, tmp_path):
         cpu = single.predict(adata, "stimulated", mode=mode, accelerator="cpu").X
         gpu = single.predict(adata, "stimulated", mode=mode, accelerator="cuda").X
         np.testing.assert_allclose(gpu, cpu, rtol=1e-4, atol=1e-4)
-    streamed = single.predict(adata, "stimulated", out=tmp_path / "p.h5ad", accelerator="cuda")
+    streamed = single.predict(
+        adata, "stimulated", mode="residual", out=tmp_path / "p.h5ad", accelerator="cuda"
+    )
     np.testing.assert_allclose(streamed.X[:], gpu, rtol=1e-6, atol=1e-6)
+    # the default read-out: a cell whose decoded level sits on a bin edge may change bins
+    quantile = single.predict(adata, "stimulated", accelerator="cuda").X
+    differ = np.abs(quantile - single.predict(adata, "stimulated", accelerator="cpu").X) > 1e-4
+    assert differ.mean() < 0.01
     streamed.file.close()
     for get in (single.get_latent, single.get_mmd_layer):
         np.testing.assert_allclose(
