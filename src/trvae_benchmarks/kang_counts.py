@@ -179,12 +179,10 @@ def _predictions(model: TRVAE, ctrl: AnnData, control: str, stimulated: str, see
             "mse-quantile": dense(quantile.X),
         }
     residual = model.predict(ctrl, stimulated, source_condition=control, mode="residual").X
-    quantile = model.predict(ctrl, stimulated, source_condition=control, mode="quantile").X
     return {
         lik: dense(log_normalize(mean)),
         f"{lik}-sample": dense(log_normalize(sample)),
         f"{lik}-residual": dense(log_normalize(residual)),
-        f"{lik}-quantile": dense(log_normalize(quantile)),
     }
 
 
@@ -373,13 +371,12 @@ def _write_report(run: _CountsRun, df, runtime, dataset_name, command, quick) ->
 def winners(df: pd.DataFrame) -> pd.DataFrame:
     """Cell types (+ 'mean') x (metric, read-out): the best of NB, ZINB and MSE, with its value.
 
-    The mean read-outs (``nb``, ``zinb``, ``mse``), the sampled ones (``*-sample``) and the
-    quantile ones (``*-quantile``) are compared separately.
+    The mean read-outs (``nb``, ``zinb``, ``mse``) and the sampled ones (``*-sample``) are
+    compared separately.
     """
     readouts = {
         "mean": list(COUNT_LIKELIHOODS),
         "sample": [f"{m}-sample" for m in COUNT_LIKELIHOODS],
-        "quantile": [f"{m}-quantile" for m in COUNT_LIKELIHOODS],
     }
     columns = {}
     for metric, title, lower in WINNER_METRICS:
@@ -400,7 +397,7 @@ def winners(df: pd.DataFrame) -> pd.DataFrame:
                     col.append("–")
                     continue
                 best = values.idxmin() if lower else values.idxmax()
-                col.append(f"{best.split('-')[0]} ({fmt(values[best])})")
+                col.append(f"{best.removesuffix('-sample')} ({fmt(values[best])})")
             columns[f"{title} ({readout})"] = col
         index = sub.index
     return pd.DataFrame(columns, index=index)
@@ -476,11 +473,9 @@ def _protocol(run: _CountsRun) -> list[str]:
         f"- The library size of each predicted cell is that of the {control} cell it was "
         "carried from (its total count over the selected genes), which sets the Poisson noise "
         "of the NB/ZINB samples.",
-        "- `*-residual`: the cell's own profile plus the decoder's change (for NB/ZINB in "
-        "expected counts), and `*-quantile`: each cell's rank carried into the target "
-        "condition's residual distribution (the MSE model's default read-out; for NB/ZINB on "
-        "log-normalised values, `predict(mode='quantile')`), both log-normalised like the real "
-        "cells.",
+        "- `mse-residual`: the cell's own profile plus the decoder's change, and "
+        "`mse-quantile`: the MSE model's default read-out (each cell's rank carried into the "
+        "target condition's residual distribution); neither has a count-likelihood counterpart.",
         f"- `mean_shift` ({control} cells plus the mean response of the other cell types) and "
         f"`control` (the {control} cells unchanged), on the log-normalised values.",
         "",
@@ -489,7 +484,6 @@ def _protocol(run: _CountsRun) -> list[str]:
         "log-normalised) or in a 50-component PCA fitted on the real stimulated and control "
         "cells (`trvae.metrics.evaluate_prediction`). R² and Pearson r: higher is better; "
         "E-distance: lower is better. Variance and E-distance reward predictions that spread "
-        "like real cells, which decoder means do not: compare the sampled and quantile read-outs "
-        "there.",
+        "like real cells, which decoder means do not: compare the sampled read-outs there.",
         "",
     ]

@@ -153,7 +153,7 @@ class PredictionMixin:
             reconstruction bias, which measurably improves both mean and variance R² (see the
             benchmark reports); ``return_mean`` does not apply to it. For NB/ZINB the result
             is expected counts (not integers).
-            ``"quantile"``: each cell keeps its *rank* rather than its deviation.
+            ``"quantile"`` (MSE only): each cell keeps its *rank* rather than its deviation.
             Its residual's level ``u`` under the source condition's residual distribution
             (per gene, at the level of the decoder's mean; a value at the floor gets a seeded
             uniform level below the floor's mass) is read off the target condition's residual
@@ -164,9 +164,7 @@ class PredictionMixin:
             variance R² 0.31 -> 0.57 on Kang (``docs/choosing-parameters.md``). Two passes
             over the cells; ``return_mean`` does not apply. Needs the tables that training
             stores in the model (:mod:`trvae.module.readout`): a model saved by an older
-            trvae has none (retrain it, or use ``"residual"``). For NB/ZINB all of this runs on
-            log-normalised values (each cell's counts over its library size, times 10^4,
-            log1p) and the result is expected counts at the cell's own library (not integers).
+            trvae has none (retrain it, or use ``"residual"``).
             ``"auto"``: ``"quantile"`` for MSE (``"residual"``, with a warning, for a model
             without tables), ``"decode"`` for NB/ZINB.
         seed

@@ -36,19 +36,14 @@ class ReadoutMixin:
                 stacklevel=3,
             )
             return "residual"
+        if mode == "quantile" and likelihood != "mse":
+            raise TRVAEError(f"mode='quantile' is for likelihood='mse', not {likelihood!r}")
         if mode == "quantile" and not built:
             raise TRVAEError(
                 "this model has no quantile read-out tables (saved by an older trvae, or not "
                 "trained): retrain it, or predict with mode='residual'"
             )
         return mode
-
-    def _in_readout_space(self, lib, *tensors):
-        """``tensors`` (cells x genes) where the quantile read-out works: as they are for MSE,
-        log-normalised at each cell's library size ``lib`` for count likelihoods."""
-        if self.init_params["likelihood"] == "mse":
-            return tensors
-        return tuple(readout.to_log_space(t, lib) for t in tensors)
 
     def _anchor_weight(self, anchor: float | None, mode: str) -> float:
         """``predict``'s ``anchor`` checked; ``None``: the model's (0 for other read-outs)."""
@@ -99,31 +94,28 @@ class ReadoutMixin:
             z = module.inference(x, c)["z_mean"]
             source = module.generative(z, c, lib)["mean"]
             to = module.generative(z, torch.full_like(c, target), lib)["mean"]
-            x, source, to = self._in_readout_space(lib, x, source, to)
             noise = readout.floor_noise(seed, start, tuple(x.shape), x.device)
             u = tables.source_levels(x, source, c, module.x_min, noise)
-            return x, u, source, to
+            return u, source, to
 
         def batch_function(first_pass: bool):
             position = 0
 
             def fn(x, c, lib):
                 nonlocal position
-                y, u, source, to = levels(x, c, lib, position)
+                u, source, to = levels(x, c, lib, position)
                 position += len(x)
                 if first_pass:
-                    residual = (y + to - source).clamp_min(module.x_min)
+                    residual = (x + to - source).clamp_min(module.x_min)
                     if anchor == 0:
                         return torch.cat([u, to, residual], dim=1)
                     shifted = x + module.mean_shifts(c, target)
                     return torch.cat([u, to, residual, shifted], dim=1)
                 cond = torch.full_like(c, target)
                 values = tables.target_values(u, to, cond, module.x_min, shift.to(x.device))
-                if gap is not None:
-                    values = (values + gap.to(x.device)).clamp_min(module.x_min)
-                if self.init_params["likelihood"] == "mse":
+                if gap is None:
                     return values
-                return readout.from_log_space(values, lib)
+                return (values + gap.to(x.device)).clamp_min(module.x_min)
 
             return fn
 

@@ -176,15 +176,13 @@ class TrainingMixin:
     def _fit_noise_model(
         self, data: CellData, idx: np.ndarray, batch_size: int = 1024, precision: str = "32"
     ) -> None:
-        """Record the per-gene residual SD (the MSE head's noise) and the smallest value, and
-        build the quantile read-out's tables.
+        """Record the per-gene residual SD (the MSE head's noise) and the smallest value.
 
-        Count likelihoods need no SD, and their floor is 0 counts.
+        Count likelihoods need neither a pass nor an SD: their floor is 0 counts.
         """
         self.module.eval()
         if self.init_params["likelihood"] != "mse":
             self.module.x_min.fill_(0.0)
-            self._fit_readout_tables(data, idx, batch_size, precision)
             return
         sq_sum = torch.zeros(self.module.n_input, dtype=torch.float64)
         x_min = float("inf")
@@ -217,7 +215,6 @@ class TrainingMixin:
                 with autocast(precision, "cpu"):
                     z = self.module.inference(x, c)["z_mean"]
                     mean = self.module.generative(z, c, lib)["mean"]
-                x, mean = self._in_readout_space(lib, x, mean)
                 recon.append(mean)
                 residual.append(x - mean)
             cut, table = readout.condition_tables(torch.cat(recon), torch.cat(residual))

@@ -1,4 +1,4 @@
-"""The quantile read-out of :meth:`trvae.TRVAE.predict` (``mode="quantile"``).
+"""The quantile read-out of :meth:`trvae.TRVAE.predict` (``mode="quantile"``, MSE likelihood).
 
 The residual read-out ``x + m_t - m_s`` keeps each cell's own deviation from the decoder's mean
 but carries it over unchanged, so a prediction is as spread as its source cells: the variance
@@ -25,11 +25,6 @@ quantile read-out carries each cell's *rank* instead of its deviation:
 4. **Read-out** (:meth:`~QuantileTables.target_values`):
    ``max(x_min, m_t + Q_t(clip(u + eta_g, 0, 1)))``, with ``Q_t`` the target condition's
    residual quantile function in the bin of ``m_t``.
-
-Count models (NB, ZINB) run all of this in log-normalised space: the counts ``x`` and the
-decoder means become ``log1p(x / l * COUNT_SCALE)`` with ``l`` the cell's library size
-(:func:`to_log_space`; the floor is 0, zero counts), and the read-out returns to expected counts
-at the cell's own library (:func:`from_log_space`).
 
 Tables are held by :class:`QuantileTables` (buffers ``edges``, conditions x (B - 1) x genes, and
 ``tables``, conditions x B x Q x genes, float32), a submodule of
@@ -60,20 +55,6 @@ MATCH_CELLS = 4096
 MATCH_STEPS = 25
 #: Genes per block where a block's memory is cells x genes x levels.
 GENE_BLOCK = 1024
-
-
-#: Count models' tables live in log-normalised space, ``log1p(counts / library * COUNT_SCALE)``.
-COUNT_SCALE = 1e4
-
-
-def to_log_space(counts: Tensor, library: Tensor) -> Tensor:
-    """``log1p(counts / library * COUNT_SCALE)`` per cell (cells x genes; library >= 1)."""
-    return torch.log1p(counts * (COUNT_SCALE / library.clamp_min(1.0))[:, None])
-
-
-def from_log_space(values: Tensor, library: Tensor) -> Tensor:
-    """The inverse of :func:`to_log_space`: expected counts at each cell's ``library``."""
-    return torch.expm1(values) * (library.clamp_min(1.0) / COUNT_SCALE)[:, None]
 
 
 # ---------------------------------------------------------------------------- tables
