@@ -91,3 +91,42 @@ def test_scale_multiplies_the_spread_and_survives_a_state_dict():
     for bad in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(TRVAEError, match="scale"):
             shifts.set_scale(bad)
+
+
+def _moments(ctrl: torch.Tensor, change: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sums and sums of squares of two groups (the second 5 higher), control and perturbed."""
+    cells = [ctrl, ctrl + change, ctrl + 5, ctrl + change + 5]  # rows group * 2 + condition
+    return (
+        torch.stack([c.sum(0) for c in cells]).double(),
+        torch.stack([(c**2).sum(0) for c in cells]).double(),
+    )
+
+
+def test_quiet_genes_are_those_no_group_responds_in():
+    """Two groups, 3 cells per group and condition; gene 0 responds in both groups, gene 1 by
+    0.1 (within the noise), gene 2 not at all (and has no variance)."""
+    ctrl = torch.tensor([[0.0, 0.0, 1.0], [1.0, 1.0, 1.0], [2.0, 2.0, 1.0]])
+    counts = torch.tensor([3, 3, 3, 3])
+    shifts = MeanShifts()
+    # a response of 1: each group's z = 1 / sqrt(1/3 + 1/3) = 1.22, mean z^2 1.5 < 5.99 / 2
+    shifts.set(*_moments(ctrl, torch.tensor([1.0, 0.1, 0.0]))[:1], counts, 2)
+    assert shifts.quiet is None  # no sums of squares: no gene is quiet
+    sums, sq_sums = _moments(ctrl, torch.tensor([1.0, 0.1, 0.0]))
+    shifts.set(sums, counts, 2, sq_sums)
+    assert shifts.quiet[0, 1].tolist() == [True, True, True]
+    # a response of 3: z = 3.67, mean z^2 13.5 > 3.0
+    sums, sq_sums = _moments(ctrl, torch.tensor([3.0, 0.1, 0.0]))
+    shifts.set(sums, counts, 2, sq_sums)
+    assert shifts.quiet[0, 1].tolist() == [False, True, True]
+    assert shifts.quiet[1, 0].tolist() == [False, True, True]
+    assert not shifts.quiet[0, 0].any()
+    weights = shifts.weights(torch.tensor([0, 0]), 1, anchor=0.5)
+    assert weights.tolist() == [[0.5, 1.0, 1.0]] * 2
+    assert torch.equal(shifts.weights(torch.tensor([0]), 1, anchor=0.0), torch.zeros(1, 3))
+    state = shifts.state_dict()
+    older = MeanShifts()
+    older.load_state_dict({k: v for k, v in state.items() if k != "quiet"})
+    assert older.quiet is None and older.weights(torch.tensor([0]), 1, 0.5).tolist() == [[0.5] * 3]
+    loaded = MeanShifts()
+    loaded.load_state_dict(state)
+    assert torch.equal(loaded.quiet, shifts.quiet)

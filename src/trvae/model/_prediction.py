@@ -188,7 +188,8 @@ class PredictionMixin:
             Weight in [0, 1] of the training data's mean shift in the predicted cells' mean
             response (``mode="quantile"`` only; see ``anchor`` of :class:`TRVAE`): the mean
             over the predicted cells of the residual read-out is replaced by ``(1 - anchor)``
-            times it plus ``anchor`` times the source cells' mean plus the mean shift. It acts
+            times it plus ``anchor`` times the source cells' mean plus the mean shift (weight 1
+            on the quiet genes, :mod:`trvae.module.anchor`, when ``anchor > 0``). It acts
             on all cells of ``adata`` together: predict one group at a time to anchor each
             group's response. Default: the model's ``anchor`` (set at construction or chosen by
             :meth:`assess`).

@@ -110,7 +110,8 @@ class ReadoutMixin:
                     if anchor == 0:
                         return torch.cat([u, to, residual], dim=1)
                     shifted = x + module.mean_shifts(c, target)
-                    return torch.cat([u, to, residual, shifted], dim=1)
+                    weight = module.mean_shifts.weights(c, target, anchor)
+                    return torch.cat([u, to, residual, shifted, weight], dim=1)
                 cond = torch.full_like(c, target)
                 values = tables.target_values(u, to, cond, module.x_min, shift.to(x.device))
                 if gap is None:
@@ -125,12 +126,13 @@ class ReadoutMixin:
         if not parts:  # no cells: nothing to match
             shift = torch.zeros(module.n_input)
             return batch_function(False)
-        u, to, residual, *shifted = torch.cat(parts).chunk(3 if anchor == 0 else 4, dim=1)
+        u, to, residual, *anchored = torch.cat(parts).chunk(3 if anchor == 0 else 5, dim=1)
         cond = torch.full((len(u),), target, dtype=torch.long)
-        reference = residual.mean(0, dtype=torch.float64)
-        if anchor > 0:
-            reference = (1 - anchor) * reference + anchor * shifted[0].mean(0, dtype=torch.float64)
-        reference = reference.float()
+        reference = residual.double()
+        if anchor > 0:  # per cell and gene: the quiet genes take the mean shift's change
+            shifted, weight = anchored
+            reference = (1 - weight.double()) * reference + weight.double() * shifted.double()
+        reference = reference.mean(0).float()
         shift = tables.match_shift(u, to, cond, module.x_min, reference)
         if anchor > 0:  # what the level shift cannot reach (eta at -1 or 1), added as it is
             gap = reference - tables.target_values(u, to, cond, module.x_min, shift).mean(0)

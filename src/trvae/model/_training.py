@@ -167,10 +167,12 @@ class TrainingMixin:
         n_conditions = len(self.conditions_)
         n_codes = n_conditions * max(1, len(self.init_params.get("mmd_groups") or []))
         sums = torch.zeros(n_codes, self.module.n_input, dtype=torch.float64)
+        sq_sums = torch.zeros_like(sums)
         for x, codes, _ in data.batches(np.arange(len(data)), batch_size):
             sums.index_add_(0, codes, x.double())
+            sq_sums.index_add_(0, codes, x.double() ** 2)
         counts = torch.bincount(data.conditions, minlength=n_codes)
-        self.module.mean_shifts.set(sums, counts, n_conditions)
+        self.module.mean_shifts.set(sums, counts, n_conditions, sq_sums)
 
     @torch.no_grad()
     def _fit_noise_model(

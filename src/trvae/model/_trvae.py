@@ -115,7 +115,9 @@ class TRVAE(
         prediction (:meth:`predict`'s quantile read-out): the predicted cells keep trVAE's
         shape, and their mean change from the source cells is ``(1 - w)`` times trVAE's plus
         ``w`` times the mean shift of the groups that have both conditions
-        (:mod:`trvae.module.anchor`). 0 is trVAE's own response, 1 the mean shift's. Default
+        (:mod:`trvae.module.anchor`). 0 is trVAE's own response, 1 the mean shift's; with
+        ``w > 0`` the genes in which no training group responds significantly (quiet genes)
+        take the mean shift's change, weight 1. Default
         :data:`DEFAULT_ANCHOR`: 0.5 for ``"mse"``, a shrinkage of trVAE's response toward the
         baseline that won on development data where neither alone did. :meth:`assess` can
         choose it on the training data.

@@ -14,14 +14,24 @@ them. That interval ignores the error of the predicted response itself, so it is
 for trVAE's prediction; :meth:`~trvae.TRVAE.assess` measures by how much on pseudo-held-out
 groups of the training data and stores the factor as ``scale`` (1 until then), which
 :meth:`MeanShifts.spread` applies.
+
+A gene is **quiet** from ``s`` to ``t`` when no group's own response is significant: with
+``z`` each group's response over its standard error (groups with at least two cells in both
+conditions), ``mean(z^2)`` below the chi-square 95 % quantile of ``k`` degrees of freedom over
+``k``. trVAE's predicted change of such a gene is extrapolation noise, so the anchored read-out
+gives it the mean shift's change (weight 1, :meth:`MeanShifts.weights`).
 """
 
 from __future__ import annotations
 
 import torch
+from scipy.stats import chi2
 from torch import Tensor, nn
 
 from trvae._errors import TRVAEError
+
+#: Level of the test that makes a gene quiet (no training group's response significant).
+QUIET_LEVEL = 0.95
 
 
 class MeanShifts(nn.Module):
@@ -43,6 +53,7 @@ class MeanShifts(nn.Module):
         self.register_buffer("shifts", None)
         self.register_buffer("spreads", None)
         self.register_buffer("dof", None)
+        self.register_buffer("quiet", None)
         self.register_buffer("scale", torch.ones(()))
 
     @property
@@ -55,18 +66,32 @@ class MeanShifts(nn.Module):
         this trvae or later)."""
         return self.spreads is not None and self.dof is not None
 
-    def set(self, sums: Tensor, counts: Tensor, n_conditions: int) -> None:
+    def set(
+        self, sums: Tensor, counts: Tensor, n_conditions: int, sq_sums: Tensor | None = None
+    ) -> None:
         """Shifts from per-(group, condition) sums of expression (rows ``group * C + condition``,
-        genes in columns) and cell counts."""
+        genes in columns) and cell counts; ``sq_sums``, the sums of squares, mark the quiet
+        genes (none without them)."""
         n_genes = sums.shape[1]
         sums = sums.double().reshape(-1, n_conditions, n_genes)
         counts = counts.double().reshape(-1, n_conditions)
         shifts = torch.zeros(n_conditions, n_conditions, n_genes, dtype=torch.float64)
         spreads = torch.zeros_like(shifts)  # 0 where fewer than two groups: dof 0 says so
         dof = torch.zeros(n_conditions, n_conditions, dtype=torch.float64)
+        quiet = torch.zeros(n_conditions, n_conditions, n_genes, dtype=torch.bool)
         group_means = sums / counts.clamp_min(1)[..., None]
+        if sq_sums is not None:  # squared standard error of each group mean
+            n = counts[..., None]
+            variance = (sq_sums.double().reshape(sums.shape) - sums * group_means).clamp_min(0)
+            sq_error = variance / (n - 1).clamp_min(1) / n.clamp_min(1)
         for s in range(n_conditions):
             for t in range(n_conditions):
+                tested = (counts[:, s] >= 2) & (counts[:, t] >= 2)
+                if sq_sums is not None and s != t and tested.any():
+                    response = group_means[tested, t] - group_means[tested, s]
+                    error = (sq_error[tested, t] + sq_error[tested, s]).clamp_min(1e-12)
+                    k = int(tested.sum())
+                    quiet[s, t] = (response**2 / error).mean(0) < chi2.ppf(QUIET_LEVEL, k) / k
                 paired = (counts[:, s] > 0) & (counts[:, t] > 0)
                 k = int(paired.sum())
                 if k >= 2:  # a new group's response: the paired groups' spread, widened for k
@@ -79,6 +104,15 @@ class MeanShifts(nn.Module):
                 shifts[s, t] = means[t] - means[s]
         self.shifts = shifts.float()
         self.spreads, self.dof = spreads.float(), dof.float()
+        self.quiet = quiet if sq_sums is not None else None
+
+    def weights(self, source: Tensor, target: int, anchor: float) -> Tensor:
+        """The mean shift's weight in each cell's (condition ``source``) predicted change to
+        ``target``: ``anchor``, and 1 for the quiet genes when ``anchor > 0`` (cells x genes)."""
+        weight = torch.full((len(source), self.shifts.shape[-1]), float(anchor))
+        if anchor > 0 and self.quiet is not None:
+            weight = torch.where(self.quiet[source, target].cpu(), 1.0, weight)
+        return weight.to(source.device)
 
     def spread(self, source: Tensor, target: int) -> tuple[Tensor, Tensor]:
         """The SD of a new group's response from each cell's condition ``source`` to ``target``
@@ -107,6 +141,8 @@ class MeanShifts(nn.Module):
         for name in ("shifts", "spreads", "dof"):
             value = state_dict.get(prefix + name)
             setattr(self, name, None if value is None else value.detach().float().contiguous())
+        quiet = state_dict.get(prefix + "quiet")  # absent before trvae stored it: none quiet
+        self.quiet = None if quiet is None else quiet.detach().bool().contiguous()
         scale = state_dict.get(prefix + "scale")  # absent before trvae stored it: 1
         self.scale = torch.ones(()) if scale is None else scale.detach().float().reshape(())
 
