@@ -293,14 +293,9 @@ def fit_distributed(fit: FitJob, setup: DeviceSetup) -> pd.DataFrame:
             except (mp.ProcessRaisedException, mp.ProcessExitedException) as err:
                 if not Path(job.result_path).exists():
                     raise _child_error(err, setup.world_size) from err
-                # rank 0 writes the result (atomically) after the last training collective, so
-                # a process that fails now fails in the teardown of a finished training
-                warnings.warn(
-                    f"a DDP training process failed after the training had finished "
-                    f"({_child_error(err, setup.world_size)}); using the finished model",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
+                # rank 0 wrote it (atomically) after the last collective: a teardown failure
+                failed = f"a DDP training process failed after the training had finished ({err})"
+                warnings.warn(f"{failed}; using the finished model", RuntimeWarning, stacklevel=2)
             result = torch.load(job.result_path, weights_only=True, map_location="cpu")
     finally:
         del store
