@@ -128,11 +128,11 @@ class ReadoutMixin:
             return batch_function(False)
         u, to, residual, *anchored = torch.cat(parts).chunk(3 if anchor == 0 else 5, dim=1)
         cond = torch.full((len(u),), target, dtype=torch.long)
-        reference = residual.double()
+        reference = residual
         if anchor > 0:  # per cell and gene: the quiet genes take the mean shift's change
             shifted, weight = anchored
-            reference = (1 - weight.double()) * reference + weight.double() * shifted.double()
-        reference = reference.mean(0).float()
+            reference = residual + weight * (shifted - residual)
+        reference = reference.mean(0, dtype=torch.float64).float()
         shift = tables.match_shift(u, to, cond, module.x_min, reference)
         if anchor > 0:  # what the level shift cannot reach (eta at -1 or 1), added as it is
             gap = reference - tables.target_values(u, to, cond, module.x_min, shift).mean(0)
