@@ -7,10 +7,8 @@ failing run.
 
 from __future__ import annotations
 
-import atexit
 import os
 import pickle
-import signal
 
 import anndata as ad
 import numpy as np
@@ -21,13 +19,13 @@ import torch.distributed as dist
 from trvae import TRVAE, TRVAEError
 from trvae.cli import main
 from trvae.data.cell_data import CellData, stratified_split
+from trvae.data.portable import portable
 from trvae.module import TRVAEModule
 from trvae.train.devices import DeviceSetup, resolve_devices
 from trvae.train.distributed import (
     DistributedTrainingError,
     FitJob,
     fit_distributed,
-    portable,
 )
 from trvae.train.plan import TrainingPlan
 
@@ -179,14 +177,19 @@ def test_error_in_a_process_surfaces_in_the_caller(adata):
     assert all(torch.equal(v, before[k]) for k, v in model.module.state_dict().items())
 
 
-class AbortsAtExit(EvalOnlyModule):
-    """Kills its process with SIGABRT at interpreter exit, like a crash in gloo's teardown."""
+class AbortsInTeardown(EvalOnlyModule):
+    """Unpickled in a training process, it makes the process abort (SIGABRT) once it has
+    destroyed its process group, like a crash in gloo's teardown."""
 
-    def forward(self, *args, **kwargs):
-        if not getattr(self, "_armed", False):
-            atexit.register(os.kill, os.getpid(), signal.SIGABRT)
-            self._armed = True
-        return super().forward(*args, **kwargs)
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        destroy = dist.destroy_process_group
+
+        def destroy_then_abort(*args, **kwargs):
+            destroy(*args, **kwargs)
+            os.abort()
+
+        dist.destroy_process_group = destroy_then_abort
 
 
 def test_a_crash_after_the_finished_training_keeps_the_model(adata):
@@ -195,7 +198,7 @@ def test_a_crash_after_the_finished_training_keeps_the_model(adata):
     data = model._cell_data(adata)
     train_idx, val_idx = stratified_split(data.conditions.numpy(), 0.1, 0)
     torch.manual_seed(0)
-    module = AbortsAtExit(adata.n_vars, 2, **TINY)
+    module = AbortsInTeardown(adata.n_vars, 2, **TINY)
     before = {k: v.clone() for k, v in module.state_dict().items()}
     plan = TrainingPlan(batch_size=72, max_epochs=2)
     fit = FitJob(plan, module, data, train_idx, val_idx, progress_bar=False)

@@ -32,9 +32,9 @@ rank 0's weights are broadcast, so every process returns the same trained model.
 
 from __future__ import annotations
 
-import copy
 import os
 import pickle
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -48,12 +48,12 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from scipy import sparse
 
 from trvae._errors import TRVAEError
 from trvae._io import atomic_torch_save
 from trvae.data.cell_data import CellData
 from trvae.data.device_data import to_device_data
+from trvae.data.portable import portable
 from trvae.train.devices import DeviceSetup
 
 if TYPE_CHECKING:
@@ -73,65 +73,6 @@ class DistributedTrainingError(RuntimeError):
     >>> issubclass(trvae.DistributedTrainingError, RuntimeError)
     True
     """
-
-
-# ---------------------------------------------------------------------- data for the workers
-class _BackedMatrix:
-    """An HDF5-backed matrix that pickles as its file name and path and reopens read-only."""
-
-    def __init__(self, filename: str, name: str, is_sparse: bool) -> None:
-        self.filename, self.name, self.is_sparse = filename, name, is_sparse
-        self._matrix = None
-
-    def _open(self):
-        if self._matrix is None:
-            import h5py
-
-            node = h5py.File(self.filename, "r")[self.name]
-            if self.is_sparse:
-                from anndata.io import sparse_dataset
-
-                node = sparse_dataset(node)
-            self._matrix = node
-        return self._matrix
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return tuple(self._open().shape)
-
-    def __getitem__(self, idx):
-        return self._open()[idx]
-
-    def __getstate__(self) -> dict:
-        return {"filename": self.filename, "name": self.name, "is_sparse": self.is_sparse}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__init__(state["filename"], state["name"], state["is_sparse"])
-
-
-def portable(data: CellData) -> CellData:
-    """``data`` in a form that can be sent to spawned processes.
-
-    In-memory matrices (numpy, scipy sparse) are sent as they are (pickled); an HDF5-backed one
-    (``read_h5ad(..., backed="r")``) is replaced by a reference that each process reopens.
-    """
-    x = data.x
-    if isinstance(x, np.ndarray) or sparse.issparse(x):
-        return data
-    import h5py
-
-    if isinstance(x, h5py.Dataset):
-        backed = _BackedMatrix(x.file.filename, x.name, is_sparse=False)
-    elif hasattr(x, "group") and isinstance(getattr(x, "group", None), h5py.Group):
-        backed = _BackedMatrix(x.group.file.filename, x.group.name, is_sparse=True)
-    else:
-        raise TRVAEError(
-            f"multi-device training cannot send a {type(x).__name__} matrix to its processes; "
-            "load the data into memory (adata.to_memory()) or use devices=1"
-        )
-    out = copy.copy(data)
-    out.x = backed
-    return out
 
 
 # ---------------------------------------------------------------------- processes
@@ -221,6 +162,9 @@ def _worker(rank: int, payload: bytes) -> None:
         dist.barrier()  # no process tears its connections down while another still uses them
     finally:
         dist.destroy_process_group()
+    # skip the interpreter's own teardown, where gloo's threads have aborted a finished process
+    sys.stdout.flush(), sys.stderr.flush()
+    os._exit(0)
 
 
 def _child_error(err: Exception, world_size: int) -> DistributedTrainingError:
