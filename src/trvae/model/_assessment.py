@@ -122,12 +122,14 @@ class AssessmentMixin:
                 adata, model.layer, other & (conditions == target), other & (conditions == control)
             )
             real = adata[held]
-            idx = _response_degs(real, source, model.layer)
-            real_change = _mean(real, model.layer, idx) - _mean(source, model.layer, idx)
+            real_x, source_x = _dense_x(real, model.layer), _dense_x(source, model.layer)
+            idx = _response_degs(real_x, source_x, real.var_names)
+            r, c = real_x[:, idx], source_x[:, idx]
+            real_change = r.mean(0) - c.mean(0)
             for weight in weights:
                 kw = {"anchor": weight} if len(weights) > 1 else {}
                 pred = model.predict(source, target, accelerator=device, **kw)
-                row = _score(real, source, pred.X, shift, model.layer, idx)
+                row = _score(r, c, pred.X, shift, idx)
                 ratios[weight].append(_interval_ratios(pred, real_change, idx))
                 row["interval_coverage"] = _coverage(ratios[weight][-1])
                 rows.append({"group": group, "target": target, "anchor": weight, **row})
@@ -219,28 +221,27 @@ def _mean_shift(
     )
 
 
-def _response_degs(real: AnnData, source: AnnData, layer: str | None) -> np.ndarray:
-    """Column indices of the top DEGs of the real response (real vs source cells)."""
+def _response_degs(real: np.ndarray, source: np.ndarray, var_names: pd.Index) -> np.ndarray:
+    """Column indices of the top DEGs of the real response (dense real vs source cells)."""
     from trvae.metrics import top_degs
-    from trvae.metrics._helpers import _dense
 
-    labels = ["real"] * real.n_obs + ["control"] * source.n_obs
+    labels = ["real"] * len(real) + ["control"] * len(source)
     both = AnnData(
-        X=np.vstack([_dense(V.get_matrix(real, layer)), _dense(V.get_matrix(source, layer))]),
+        X=np.vstack([real, source]),
         obs=pd.DataFrame({"which": labels}, index=[str(i) for i in range(len(labels))]),
-        var=pd.DataFrame(index=real.var_names),
+        var=pd.DataFrame(index=var_names),
     )
     degs = top_degs(both, "which", "real", "control", n_genes=N_DEGS)
-    return real.var_names.get_indexer(degs)
+    return var_names.get_indexer(degs)
 
 
-def _score(real: AnnData, source: AnnData, pred, shift, layer, idx: np.ndarray) -> dict:
-    """trVAE's and the mean shift's scores on genes ``idx``."""
+def _score(r: np.ndarray, c: np.ndarray, pred, shift, idx: np.ndarray) -> dict:
+    """trVAE's and the mean shift's scores on genes ``idx``; ``r`` and ``c`` are the real and
+    the source cells on those genes, dense."""
     from trvae.metrics import delta_pearson, energy_distance, r2_mean
     from trvae.metrics._helpers import _dense
 
-    r, c = _dense(V.get_matrix(real, layer))[:, idx], _dense(V.get_matrix(source, layer))[:, idx]
-    row = {"n_cells": real.n_obs}
+    row = {"n_cells": len(r)}
     for name, p in (("", _dense(pred)[:, idx]), ("_mean_shift", c + shift[idx])):
         row[f"delta_pearson{name}"] = delta_pearson(p, r, c)
         row[f"edist{name}"] = energy_distance(p, r)
@@ -252,11 +253,11 @@ def _score(real: AnnData, source: AnnData, pred, shift, layer, idx: np.ndarray) 
     return row
 
 
-def _mean(adata: AnnData, layer: str | None, idx: np.ndarray) -> np.ndarray:
-    """Mean expression of genes ``idx`` over ``adata``'s cells."""
+def _dense_x(adata: AnnData, layer: str | None) -> np.ndarray:
+    """``adata``'s expression matrix (or ``layer``), dense."""
     from trvae.metrics._helpers import _dense
 
-    return _dense(V.get_matrix(adata, layer))[:, idx].mean(0)
+    return _dense(V.get_matrix(adata, layer))
 
 
 def _interval_ratios(pred: AnnData, real_change: np.ndarray, idx: np.ndarray) -> np.ndarray:
