@@ -109,10 +109,12 @@ class MeanShifts(nn.Module):
     def weights(self, source: Tensor, target: int, anchor: float) -> Tensor:
         """The mean shift's weight in each cell's (condition ``source``) predicted change to
         ``target``: ``anchor``, and 1 for the quiet genes when ``anchor > 0`` (cells x genes)."""
-        weight = torch.full((len(source), self.shifts.shape[-1]), float(anchor))
+        weight = torch.full(
+            (len(source), self.shifts.shape[-1]), float(anchor), device=source.device
+        )
         if anchor > 0 and self.quiet is not None:
-            weight = torch.where(self.quiet[source, target].cpu(), 1.0, weight)
-        return weight.to(source.device)
+            weight = torch.where(self.quiet[source, target], 1.0, weight)
+        return weight
 
     def spread(self, source: Tensor, target: int) -> tuple[Tensor, Tensor]:
         """The SD of a new group's response from each cell's condition ``source`` to ``target``
