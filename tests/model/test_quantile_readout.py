@@ -268,3 +268,25 @@ def test_response_columns_and_their_interval(small):
     np.testing.assert_allclose(
         grouped.varm["trvae_response"][cell_type[0]], var["trvae_response"], atol=1e-6
     )
+
+
+def test_level_aware_anchor_on_a_multiplicative_response():
+    """The simulator's responses multiply expression: with four paired cell types the mean
+    shift turns level-aware (weight > 0, reported in uns), which moves the anchored mean."""
+    adata = trvae.datasets.simulate_perturbation("shared", n_genes=30, cells_per_group=30)
+    held = (adata.obs["cell_type"] == "type0") & (adata.obs["condition"] == "stimulated")
+    train = adata[~held.to_numpy()].copy()
+    model = TRVAE(train, condition_key="condition", mmd_group_key="cell_type", **SMALL)
+    model.train(max_epochs=3, **QUIET)
+    source = adata[((adata.obs["cell_type"] == "type0") & ~held).to_numpy()].copy()
+    shifts = model.module.mean_shifts
+    weight = float(shifts.level_weight[0, 1])
+    assert weight > 0
+    pred = model.predict(source, "stimulated", anchor=1.0)
+    assert pred.uns["trvae_prediction"]["level_weight"] == {"control": weight}
+    assert (
+        "level_weight" not in model.predict(source, "stimulated", anchor=0).uns["trvae_prediction"]
+    )
+    shifts.level_weight = torch.zeros_like(shifts.level_weight)  # the additive shift
+    additive = model.predict(source, "stimulated", anchor=1.0).X
+    assert not np.allclose(pred.X.mean(0), additive.mean(0), atol=1e-3)

@@ -130,3 +130,53 @@ def test_quiet_genes_are_those_no_group_responds_in():
     loaded = MeanShifts()
     loaded.load_state_dict(state)
     assert torch.equal(loaded.quiet, shifts.quiet)
+
+
+def _one_cell_groups(ctrl: torch.Tensor, stim: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sums and counts of one cell per group and condition (rows group * 2 + condition)."""
+    sums = torch.stack([ctrl, stim], dim=1).reshape(-1, ctrl.shape[1]).double()
+    return sums, torch.ones(len(sums), dtype=torch.long)
+
+
+def test_level_weight_follows_how_the_groups_respond():
+    """Four groups at different levels (2 genes): a response that multiplies expm1(x) by 4 is
+    level-aware (weight 1, and the change at a level is log1p(4 expm1(l)) - l); one that adds 1
+    to x in every group is additive (weight 0: the change is the shift at any level)."""
+    y = torch.tensor([[1.0, 2.0], [3.0, 5.0], [10.0, 20.0], [30.0, 40.0]])
+    ctrl = torch.log1p(y)
+    shifts = MeanShifts()
+    shifts.set(*_one_cell_groups(ctrl, torch.log1p(4 * y)), n_conditions=2)
+    assert shifts.level_weight[0, 1].item() == 1.0 and shifts.level_weight[1, 0].item() == 1.0
+    level = torch.tensor([[0.2, 4.0]])
+    expected = torch.log1p(4 * torch.expm1(level)) - level
+    torch.testing.assert_close(
+        shifts.change(torch.tensor([0]), 1, level), expected, atol=1e-3, rtol=0
+    )
+    assert torch.equal(shifts.change(torch.tensor([1]), 1, level), torch.zeros(1, 2))
+    shifts.set(*_one_cell_groups(ctrl, ctrl + 1), n_conditions=2)
+    assert shifts.level_weight[0, 1].item() == 0.0
+    torch.testing.assert_close(shifts.change(torch.tensor([0]), 1, level), torch.ones(1, 2))
+
+
+def test_level_weight_needs_three_groups_and_log_scale_means():
+    y = torch.tensor([[1.0], [3.0], [10.0], [30.0]])
+    shifts = MeanShifts()
+    shifts.set(*_one_cell_groups(torch.log1p(y[:2]), torch.log1p(4 * y[:2])), n_conditions=2)
+    assert shifts.level_weight[0, 1].item() == 0.0  # two groups: nothing to leave out
+    shifts.set(*_one_cell_groups(y - 5, 4 * y - 5), n_conditions=2)  # negative means: not log
+    assert shifts.level_weight[0, 1].item() == 0.0
+    level = torch.tensor([[1.0]])
+    torch.testing.assert_close(
+        shifts.change(torch.tensor([0]), 1, level), shifts.shifts[0, 1][None]
+    )
+    shifts.set(*_one_cell_groups(torch.log1p(y), torch.log1p(4 * y)), n_conditions=2)
+    state = shifts.state_dict()
+    older = MeanShifts()  # saved before the level-aware change: the additive shift
+    older.load_state_dict({k: v for k, v in state.items() if not k.startswith("level")})
+    assert older.level_weight is None
+    torch.testing.assert_close(older.change(torch.tensor([0]), 1, level), shifts.shifts[0, 1][None])
+    loaded = MeanShifts()
+    loaded.load_state_dict(state)
+    assert torch.equal(
+        loaded.change(torch.tensor([0]), 1, level), shifts.change(torch.tensor([0]), 1, level)
+    )

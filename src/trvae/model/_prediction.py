@@ -205,9 +205,11 @@ class PredictionMixin:
         AnnData with the same genes (the model's order) and a copy of ``adata.obs`` in which
         ``condition_key`` is set to ``target_condition``. ``uns["trvae_prediction"]["values"]``
         says what X holds: ``"quantile"``, ``"residual"``, ``"mean"`` or ``"sample"``; its
-        ``"anchor"`` the weight used. For MSE models, in memory, var also holds the predicted
-        mean response and how far to trust it: ``trvae_response`` (mean over the predicted
-        cells minus the mean over the source cells), ``trvae_response_sd`` (how much the
+        ``"anchor"`` the weight used and, with an anchor, ``"level_weight"`` per source
+        condition (how level-aware the mean shift is, :mod:`trvae.module.anchor`). For MSE
+        models, in memory, var also holds the predicted mean response and how far to trust
+        it: ``trvae_response`` (mean over the predicted cells minus the mean over the source
+        cells), ``trvae_response_sd`` (how much the
         training groups' own responses differ: the SD over the groups that have both
         conditions, times ``sqrt(1 + 1/k)`` and the factor :meth:`assess` measured, 1 before)
         and ``trvae_response_lo`` / ``_hi``, the Student-t prediction interval at 90 %
@@ -264,6 +266,12 @@ class PredictionMixin:
                 "anchor": anchor,
             }
         }
+        level_weight = module.mean_shifts.level_weight
+        if anchor > 0 and level_weight is not None:
+            sources = torch.unique(data.conditions).tolist()
+            uns["trvae_prediction"]["level_weight"] = {
+                self.conditions_[s]: float(level_weight[s, target]) for s in sources
+            }
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             if out is not None:

@@ -109,7 +109,7 @@ class ReadoutMixin:
                     residual = (x + to - source).clamp_min(module.x_min)
                     if anchor == 0:
                         return torch.cat([u, to, residual], dim=1)
-                    shifted = x + module.mean_shifts(c, target)
+                    shifted = x + module.mean_shifts.change(c, target, source)
                     weight = module.mean_shifts.weights(c, target, anchor)
                     return torch.cat([u, to, residual, shifted, weight], dim=1)
                 cond = torch.full_like(c, target)

@@ -20,6 +20,18 @@ A gene is **quiet** from ``s`` to ``t`` when no group's own response is signific
 conditions), ``mean(z^2)`` below the chi-square 95 % quantile of ``k`` degrees of freedom over
 ``k``. trVAE's predicted change of such a gene is extrapolation noise, so the anchored read-out
 gives it the mean shift's change (weight 1, :meth:`MeanShifts.weights`).
+
+**Level-aware change.** On log-expression ``x = log1p(y)`` a response that multiplies ``y`` by
+``f`` moves ``x`` less where the gene is low: a group that expresses a gene less than the
+training groups changes less on the log scale than their mean shift says. With ``f`` the
+geometric mean over the paired groups of ``expm1(mean(x | t)) / expm1(mean(x | s))`` (a
+pseudo-level of 1e-3), a cell at level ``l`` (its decoder mean) changes by
+``log1p(f * expm1(l)) - l``. Whether this or the additive shift describes the data better is
+the data's to say: the weight of the level-aware change (``level_weight``, one of
+:data:`LEVEL_WEIGHTS` per pair of conditions) is the one whose mix best predicts each paired
+group's own mean response from the others (leave one group out, squared error over genes). It
+needs three paired groups and non-negative log-scale means (at most :data:`LOG_MAX`); else 0,
+the additive shift, as for models saved before it existed.
 """
 
 from __future__ import annotations
@@ -32,6 +44,12 @@ from trvae._errors import TRVAEError
 
 #: Level of the test that makes a gene quiet (no training group's response significant).
 QUIET_LEVEL = 0.95
+#: Weights of the level-aware change compared by leave-one-group-out (the first on ties).
+LEVEL_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+#: Group means above this are not log-expression: the change stays additive.
+LOG_MAX = 30.0
+#: Pseudo-level (of ``expm1(x)``) of the level-aware fold changes.
+LEVEL_EPS = 1e-3
 
 
 class MeanShifts(nn.Module):
@@ -54,6 +72,8 @@ class MeanShifts(nn.Module):
         self.register_buffer("spreads", None)
         self.register_buffer("dof", None)
         self.register_buffer("quiet", None)
+        self.register_buffer("level_fold", None)
+        self.register_buffer("level_weight", None)
         self.register_buffer("scale", torch.ones(()))
 
     @property
@@ -79,7 +99,11 @@ class MeanShifts(nn.Module):
         spreads = torch.zeros_like(shifts)  # 0 where fewer than two groups: dof 0 says so
         dof = torch.zeros(n_conditions, n_conditions, dtype=torch.float64)
         quiet = torch.zeros(n_conditions, n_conditions, n_genes, dtype=torch.bool)
+        level_fold = torch.zeros_like(shifts)
+        level_weight = torch.zeros_like(dof)
         group_means = sums / counts.clamp_min(1)[..., None]
+        observed = group_means[counts > 0]
+        log_scale = bool(((observed >= 0) & (observed <= LOG_MAX)).all())
         if sq_sums is not None:  # squared standard error of each group mean
             n = counts[..., None]
             variance = (sq_sums.double().reshape(sums.shape) - sums * group_means).clamp_min(0)
@@ -98,6 +122,12 @@ class MeanShifts(nn.Module):
                     responses = group_means[paired, t] - group_means[paired, s]
                     spreads[s, t] = responses.std(0) * (1 + 1 / k) ** 0.5
                     dof[s, t] = k - 1
+                    if log_scale and s != t:
+                        lin = torch.log(torch.expm1(group_means[paired]) + LEVEL_EPS)
+                        level_fold[s, t] = (lin[:, t] - lin[:, s]).mean(0)
+                        level_weight[s, t] = _level_weight(
+                            sums[paired][:, [s, t]], counts[paired][:, [s, t]], lin[:, [s, t]]
+                        )
                 if k == 0:
                     paired = torch.ones_like(paired)
                 means = sums[paired].sum(0) / counts[paired].sum(0).clamp_min(1)[:, None]
@@ -105,6 +135,7 @@ class MeanShifts(nn.Module):
         self.shifts = shifts.float()
         self.spreads, self.dof = spreads.float(), dof.float()
         self.quiet = quiet if sq_sums is not None else None
+        self.level_fold, self.level_weight = level_fold.float(), level_weight.float()
 
     def weights(self, source: Tensor, target: int, anchor: float) -> Tensor:
         """The mean shift's weight in each cell's (condition ``source``) predicted change to
@@ -137,6 +168,17 @@ class MeanShifts(nn.Module):
         genes)."""
         return self.shifts[source, target]
 
+    def change(self, source: Tensor, target: int, level: Tensor) -> Tensor:
+        """Each cell's change from its condition ``source`` to ``target`` at its ``level`` (cells
+        x genes, log scale): the shift mixed with the level-aware change by ``level_weight``."""
+        shift = self.shifts[source, target]
+        if self.level_weight is None:
+            return shift
+        level = level.clamp(0.0, LOG_MAX)
+        fold = torch.exp(self.level_fold[source, target])
+        aware = torch.log1p(fold * torch.expm1(level)) - level
+        return shift + self.level_weight[source, target][:, None] * (aware - shift)
+
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
     ) -> None:
@@ -145,8 +187,34 @@ class MeanShifts(nn.Module):
             setattr(self, name, None if value is None else value.detach().float().contiguous())
         quiet = state_dict.get(prefix + "quiet")  # absent before trvae stored it: none quiet
         self.quiet = None if quiet is None else quiet.detach().bool().contiguous()
+        for name in ("level_fold", "level_weight"):  # absent before: the additive shift
+            value = state_dict.get(prefix + name)
+            setattr(self, name, None if value is None else value.detach().float().contiguous())
         scale = state_dict.get(prefix + "scale")  # absent before trvae stored it: 1
         self.scale = torch.ones(()) if scale is None else scale.detach().float().reshape(())
+
+
+def _level_weight(sums: Tensor, counts: Tensor, lin: Tensor) -> float:
+    """The :data:`LEVEL_WEIGHTS` entry whose mix of the additive and the level-aware change
+    best predicts each group's response (rows) from the other groups': ``sums`` and ``counts``
+    of the source and target condition (columns), ``lin`` their ``log(expm1(mean) + eps)``;
+    0 with fewer than three groups."""
+    k = len(sums)
+    if k < 3:
+        return 0.0
+    means = sums / counts[..., None]
+    weights = torch.tensor(LEVEL_WEIGHTS, dtype=sums.dtype)
+    errors = torch.zeros_like(weights)
+    for held in range(k):
+        rest = torch.arange(k) != held
+        pooled = sums[rest].sum(0) / counts[rest].sum(0)[:, None]
+        additive = pooled[1] - pooled[0]
+        fold = (lin[rest, 1] - lin[rest, 0]).mean(0)
+        level = means[held, 0]
+        aware = torch.log1p(torch.exp(fold) * torch.expm1(level)) - level
+        mixed = additive + weights[:, None] * (aware - additive)
+        errors += ((mixed - (means[held, 1] - level)) ** 2).sum(1)
+    return float(weights[int(torch.argmin(errors))])
 
 
 def check_anchor(anchor: float, likelihood: str) -> float:
