@@ -117,7 +117,10 @@ class TRVAE(
         ``w`` times the mean shift of the groups that have both conditions
         (:mod:`trvae.module.anchor`). 0 is trVAE's own response, 1 the mean shift's; with
         ``w > 0`` the genes in which no training group responds significantly (quiet genes)
-        take the mean shift's change, weight 1. Default
+        take the mean shift's change, weight 1. The mean shift is level-aware where the
+        training groups say so (a fold change on the linear scale, applied at each cell's
+        level; chosen by leave-one-group-out after training, ``uns["trvae_prediction"]
+        ["level_weight"]``). Default
         :data:`DEFAULT_ANCHOR`: 0.5 for ``"mse"``, a shrinkage of trVAE's response toward the
         baseline that won on development data where neither alone did. :meth:`assess` can
         choose it on the training data.
