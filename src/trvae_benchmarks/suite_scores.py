@@ -56,7 +56,8 @@ DEFAULTS_PARAGRAPH = (
     "training group responds take the mean shift's change; a 5 % chi-square test, fixed "
     "thresholds screened around it) was screened on those four sets and `variance`, and so "
     "was the level-aware mean shift of the anchor (a fold change on the linear scale mixed "
-    "into the additive shift, the mix chosen in each fit by leave-one-training-group-out). The "
+    "into the additive shift, the mix chosen in each fit by leave-one-training-group-out) and "
+    "the quantile read-out's snap of values between the floor and one count. The "
     "`three_conditions` set played no part in any choice. Only a data set outside the project "
     "(`--data`) is a clean test."
 )

@@ -60,7 +60,12 @@ def test_quantile_has_the_residual_read_outs_mean(model, control, monkeypatch):
     residual = model.predict(control, "stimulated", mode="residual").X
     inside = (shifts[0].abs() < 1 - 1e-6).numpy()  # a shift at +-1: the mean is out of reach
     assert inside.mean() >= 0.75
-    np.testing.assert_allclose(pred.mean(0)[inside], residual.mean(0)[inside], atol=1e-4)
+    # the snap to the floor moves a value by up to (detection - x_min) at once: the mean is
+    # matched to within one such jump, exactly where no value sits at the jump
+    jump = (model.module.readout.detection.numpy() - float(model.module.x_min)) / len(pred)
+    error = np.abs(pred.mean(0) - residual.mean(0))[inside]
+    assert (error <= jump[inside] + 1e-4).all()
+    assert (error <= 1e-4).mean() >= 0.75
 
 
 def test_quantile_is_seeded(model, control):
@@ -290,3 +295,15 @@ def test_level_aware_anchor_on_a_multiplicative_response():
     shifts.level_weight = torch.zeros_like(shifts.level_weight)  # the additive shift
     additive = model.predict(source, "stimulated", anchor=1.0).X
     assert not np.allclose(pred.X.mean(0), additive.mean(0), atol=1e-3)
+
+
+def test_no_predicted_value_between_the_floor_and_detection(model, control):
+    """Nothing lies between x_min and each gene's smallest training value above it, in the
+    training data or in a prediction (with and without the anchor)."""
+    detection = model.module.readout.detection.numpy()
+    x_min = float(model.module.x_min)
+    assert (detection > x_min).all()
+    for anchor in (0.0, 0.5):
+        pred = model.predict(control, "stimulated", anchor=anchor).X
+        assert not ((pred > x_min) & (pred < detection)).any()
+        assert (pred == x_min).any()

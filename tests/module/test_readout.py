@@ -157,3 +157,45 @@ def test_quantile_tables_state_dict():
         R.QuantileTables().load_state_dict({"edges": edges})
     with pytest.raises(ValueError, match="do not fit"):
         holder.set(edges[:, :2], tables)
+
+
+def test_snap_to_detection_moves_values_to_the_nearer_of_floor_and_detection():
+    values = torch.tensor([[0.0, 0.2, 0.3, 0.55, 1.0], [0.0, 0.01, 0.02, 0.6, 0.6]])
+    detection = torch.tensor([0.0, 0.5, 0.5, 0.5, 0.5])  # gene 0: nothing above the floor
+    out = R.snap_to_detection(values, 0.0, detection)
+    expected = torch.tensor([[0.0, 0.0, 0.5, 0.55, 1.0], [0.0, 0.0, 0.0, 0.6, 0.6]])
+    assert torch.equal(out, expected)
+    assert R.snap_to_detection(values, 0.0, None) is values
+    shifted = R.snap_to_detection(values + 1, 1.0, detection + 1)  # a floor other than 0
+    torch.testing.assert_close(shifted, out + 1)
+
+
+def test_detection_levels_are_the_smallest_values_above_the_floor():
+    x = torch.tensor([[0.0, 0.0, 2.0], [1.5, 0.0, 0.7], [0.9, 0.0, 0.7]])
+    levels = R.detection_levels(x, 0.0)
+    assert levels[0].item() == pytest.approx(0.9) and levels[2].item() == pytest.approx(0.7)
+    assert levels[1].item() == float("inf")
+    assert R.detection_levels(torch.zeros(0, 2), 0.0).tolist() == [float("inf")] * 2
+
+
+def test_target_values_snap_and_the_state_dict_keeps_detection():
+    edges, tables = _tables(n_genes=3)
+    holder = R.QuantileTables()
+    detection = torch.tensor([0.0, 5.0, 100.0])
+    holder.set(edges, tables, detection)
+    u = torch.rand(50, 3, generator=torch.Generator().manual_seed(0))
+    mean = torch.zeros(50, 3)
+    cond = torch.zeros(50, dtype=torch.long)
+    values = holder.target_values(u, mean, cond, 0.0)
+    inside = (values > 0) & (values < detection)
+    assert not inside.any()
+    loaded = R.QuantileTables()
+    loaded.load_state_dict(holder.state_dict())
+    assert torch.equal(loaded.detection, detection)
+    older = R.QuantileTables()  # saved before the snap: no detection, values as they were
+    older.load_state_dict({"edges": edges, "tables": tables})
+    assert older.detection is None
+    raw = older.target_values(u, mean, cond, 0.0)
+    assert torch.equal(R.snap_to_detection(raw, 0.0, detection), values)
+    with pytest.raises(ValueError, match="detection"):
+        holder.set(edges, tables, torch.zeros(2))

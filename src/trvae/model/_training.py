@@ -207,6 +207,8 @@ class TrainingMixin:
         rng = np.random.default_rng(self.init_params["seed"])
         codes = data.conditions.numpy()[idx]
         edges, tables = [], []
+        x_min = float(self.module.x_min)
+        detection = torch.full((self.module.n_input,), float("inf"))
         for code in range(len(self.conditions_)):
             cells = idx[codes == code]
             if len(cells) > readout.TABLE_CELLS:
@@ -219,7 +221,9 @@ class TrainingMixin:
                     mean = self.module.generative(z, c, lib)["mean"]
                 recon.append(mean)
                 residual.append(x - mean)
+                detection = torch.minimum(detection, readout.detection_levels(x.float(), x_min))
             cut, table = readout.condition_tables(torch.cat(recon), torch.cat(residual))
             edges.append(cut)
             tables.append(table)
-        self.module.readout.set(torch.stack(edges), torch.stack(tables))
+        detection = torch.where(torch.isfinite(detection), detection, x_min)
+        self.module.readout.set(torch.stack(edges), torch.stack(tables), detection)

@@ -24,12 +24,22 @@ quantile read-out carries each cell's *rank* instead of its deviation:
    read-out's mean is the better-measured one, the quantile read-out's spread the better one.
 4. **Read-out** (:meth:`~QuantileTables.target_values`):
    ``max(x_min, m_t + Q_t(clip(u + eta_g, 0, 1)))``, with ``Q_t`` the target condition's
-   residual quantile function in the bin of ``m_t``.
+   residual quantile function in the bin of ``m_t``, then snapped to the data's floor
+   (:func:`snap_to_detection`): log-normalised counts hold nothing between 0 and one count,
+   but a residual quantile of a cell at the floor read at another cell's level lands there
+   (the floor atom is smeared: on Kang counts 40-45 % of the predicted top-gene values fell
+   between 0 and 0.5, none of the real ones). Per gene, a value below the midpoint between
+   ``x_min`` and the smallest training value above it (``detection``) becomes ``x_min``, one
+   between the midpoint and ``detection`` becomes ``detection``. The snap is monotone, so the
+   mean match of step 3 runs on snapped values and still finds ``eta_g``, to within one
+   value's jump (``(detection - x_min) / n`` for ``n`` cells). Data without a gap
+   above the floor (continuous values) have ``detection`` next to ``x_min``: nothing moves.
 
-Tables are held by :class:`QuantileTables` (buffers ``edges``, conditions x (B - 1) x genes, and
-``tables``, conditions x B x Q x genes, float32), a submodule of
+Tables are held by :class:`QuantileTables` (buffers ``edges``, conditions x (B - 1) x genes,
+``tables``, conditions x B x Q x genes, and ``detection``, genes, float32), a submodule of
 :class:`~trvae.module.TRVAEModule`: saved with the weights and moved with the module. Models
-saved without them still load; :attr:`QuantileTables.built` is then ``False``.
+saved without them still load; :attr:`QuantileTables.built` is then ``False`` (saved without
+``detection``: no snap).
 
 Everything here is vectorised over cells and genes; the only loops run over bins, bisection
 steps and blocks of genes (to bound memory).
@@ -198,6 +208,22 @@ def floor_noise(seed: int, start: int, shape: tuple[int, int], device=None) -> t
     return torch.from_numpy(rng.random(shape, dtype=np.float32)).to(device)
 
 
+def snap_to_detection(values: Tensor, x_min: float | Tensor, detection: Tensor | None) -> Tensor:
+    """``values`` (>= ``x_min``) between ``x_min`` and ``detection`` (one per gene, the smallest
+    value above the floor) moved to the nearer of the two; unchanged without ``detection``."""
+    if detection is None:
+        return values
+    detection = detection.to(values.device)
+    low = values < (detection + x_min) / 2
+    return torch.where(low, torch.full_like(values, float(x_min)), torch.maximum(values, detection))
+
+
+def detection_levels(x: Tensor, x_min: float) -> Tensor:
+    """Per gene (column of ``x``), the smallest value above ``x_min``; ``inf`` where none."""
+    above = torch.where(x > x_min, x, torch.full_like(x, float("inf")))
+    return above.min(0).values if len(x) else torch.full((x.shape[1],), float("inf"))
+
+
 # ---------------------------------------------------------------------------- storage
 class QuantileTables(nn.Module):
     """Holder of the read-out's ``edges`` and ``tables`` as buffers (``None`` until built).
@@ -212,18 +238,25 @@ class QuantileTables(nn.Module):
         super().__init__()
         self.register_buffer("edges", None)
         self.register_buffer("tables", None)
+        self.register_buffer("detection", None)
 
     @property
     def built(self) -> bool:
         return self.edges is not None and self.tables is not None
 
-    def set(self, edges: torch.Tensor, tables: torch.Tensor) -> None:
-        """Store ``edges`` (C x (B - 1) x G) and ``tables`` (C x B x Q x G), checked."""
+    def set(
+        self, edges: torch.Tensor, tables: torch.Tensor, detection: torch.Tensor | None = None
+    ) -> None:
+        """Store ``edges`` (C x (B - 1) x G), ``tables`` (C x B x Q x G) and ``detection`` (G,
+        :func:`snap_to_detection`; ``None``: no snap), checked."""
         n_cond, n_bins, n_q, n_genes = tables.shape
         if edges.shape != (n_cond, n_bins - 1, n_genes) or n_q < 2:
             raise ValueError(f"edges {tuple(edges.shape)} do not fit tables {tuple(tables.shape)}")
+        if detection is not None and detection.shape != (n_genes,):
+            raise ValueError(f"detection {tuple(detection.shape)} does not fit {n_genes} genes")
         self.edges = edges.detach().float().contiguous()
         self.tables = tables.detach().float().contiguous()
+        self.detection = None if detection is None else detection.detach().float().contiguous()
 
     def rows(self, mean: Tensor, cond: Tensor, cols: slice = slice(None)) -> Tensor:
         """:func:`_rows` of the bins of ``mean`` (of genes ``cols``) in conditions ``cond``.
@@ -255,7 +288,8 @@ class QuantileTables(nn.Module):
         """``max(x_min, m_t + Q_t(clip(u + shift, 0, 1)))`` in the target condition's bin of
         ``mean`` (``m_t``); ``shift``: one per gene (:meth:`match_shift`), default 0."""
         level = u if shift is None else u + shift
-        return (mean + quantile_at(self.tables, self.rows(mean, cond), level)).clamp_min(x_min)
+        values = (mean + quantile_at(self.tables, self.rows(mean, cond), level)).clamp_min(x_min)
+        return snap_to_detection(values, x_min, self.detection)
 
     def match_shift(
         self,
@@ -280,10 +314,12 @@ class QuantileTables(nn.Module):
             sub = self.tables[..., cols].contiguous()
             m, level, ref = mean[:, cols], u[:, cols], reference[cols]
             rows = self.rows(m, cond, cols)
+            detection = None if self.detection is None else self.detection[cols]
             lo, hi = torch.full_like(ref, -1.0), torch.full_like(ref, 1.0)
             for _ in range(steps):
                 mid = (lo + hi) / 2
-                value = (m + quantile_at(sub, rows, level + mid)).clamp_min(x_min).mean(0)
+                value = (m + quantile_at(sub, rows, level + mid)).clamp_min(x_min)
+                value = snap_to_detection(value, x_min, detection).mean(0)
                 up = value < ref
                 lo, hi = torch.where(up, mid, lo), torch.where(up, hi, mid)
             shift[cols] = (lo + hi) / 2
@@ -300,6 +336,6 @@ class QuantileTables(nn.Module):
             errors.append(f"{prefix}: read-out tables need both {self._NAMES}")
             return
         try:
-            self.set(found["edges"], found["tables"])
+            self.set(found["edges"], found["tables"], state_dict.get(prefix + "detection"))
         except ValueError as err:
             errors.append(f"{prefix}: {err}")
