@@ -209,14 +209,13 @@ class PredictionMixin:
         condition (how level-aware the mean shift is, :mod:`trvae.module.anchor`). For MSE
         models, in memory, var also holds the predicted mean response and how far to trust
         it: ``trvae_response`` (mean over the predicted cells minus the mean over the source
-        cells), ``trvae_response_sd`` (how much the
-        training groups' own responses differ: the SD over the groups that have both
-        conditions, times ``sqrt(1 + 1/k)`` and the factor :meth:`assess` measured, 1 before)
-        and ``trvae_response_lo`` / ``_hi``, the Student-t prediction interval at 90 %
-        (``RESPONSE_LEVEL``; ``k - 1`` degrees of freedom; level, dof and factor in
-        ``uns["trvae_prediction"]["response_interval"]``) — where the response of a group like
-        the training groups would fall. With ``group_key`` these are DataFrames in
-        ``varm`` (genes x groups).
+        cells), ``trvae_response_sd`` (how much the training groups' own responses differ:
+        the SD over the groups that have both conditions, times ``sqrt(1 + 1/k)`` and the
+        factor :meth:`assess` measured, 1 before) and ``trvae_response_lo`` / ``_hi``, the
+        Student-t prediction interval at 90 % (``RESPONSE_LEVEL``; ``k - 1`` degrees of
+        freedom; level, dof and factor in ``uns["trvae_prediction"]["response_interval"]``) —
+        where the response of a group like the training groups would fall. With ``group_key``
+        these are DataFrames in ``varm`` (genes x groups).
 
         Examples
         --------
