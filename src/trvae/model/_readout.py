@@ -80,7 +80,7 @@ class ReadoutMixin:
         """The batch function of ``mode="quantile"`` (:mod:`trvae.module.readout`), after its
         first pass: the per-gene shift that matches the residual read-out's mean (moved by
         ``anchor`` toward the source cells' mean plus the mean shift; with an anchor, what the
-        shift cannot reach is added to the values above the floor), set on at most
+        shift cannot reach is added to every value, then snapped), set on at most
         :data:`~trvae.module.readout.MATCH_CELLS` cells (all of them when fewer, then in the
         same batches with the same floor levels as the second pass)."""
         module, tables = self.module, self.module.readout
@@ -116,8 +116,7 @@ class ReadoutMixin:
                 values = tables.target_values(u, to, cond, module.x_min, shift.to(x.device))
                 if gap is None:
                     return values
-                moved = torch.where(values > module.x_min, values + gap.to(x.device), values)
-                moved = moved.clamp_min(module.x_min)
+                moved = (values + gap.to(x.device)).clamp_min(module.x_min)
                 return readout.snap_to_detection(moved, module.x_min, tables.detection)
 
             return fn
@@ -136,9 +135,9 @@ class ReadoutMixin:
             reference = residual + weight * (shifted - residual)
         reference = reference.mean(0, dtype=torch.float64).float()
         shift = tables.match_shift(u, to, cond, module.x_min, reference)
-        if anchor > 0:  # what the level shift cannot reach (eta at -1 or 1), added to the
-            # values above the floor (the floor stays a floor), scaled to move the mean by it
-            values = tables.target_values(u, to, cond, module.x_min, shift)
-            above = (values > module.x_min).float().mean(0)
-            gap = (reference - values.mean(0)) / above.clamp_min(1 / len(values))
+        if anchor > 0:  # what the level shift cannot reach (eta at -1 or 1), added to every
+            # value before the snap (a floor value the gap moves less than half-way to
+            # detection stays at the floor; spreading the gap over the values above the floor
+            # alone gave a few cells extreme values)
+            gap = reference - tables.target_values(u, to, cond, module.x_min, shift).mean(0)
         return batch_function(False)
