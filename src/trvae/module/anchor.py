@@ -174,9 +174,7 @@ class MeanShifts(nn.Module):
         shift = self.shifts[source, target]
         if self.level_weight is None:
             return shift
-        level = level.clamp(0.0, LOG_MAX)
-        fold = torch.exp(self.level_fold[source, target])
-        aware = torch.log1p(fold * torch.expm1(level)) - level
+        aware = _level_aware(self.level_fold[source, target], level.clamp(0.0, LOG_MAX))
         return shift + self.level_weight[source, target][:, None] * (aware - shift)
 
     def _load_from_state_dict(
@@ -192,6 +190,11 @@ class MeanShifts(nn.Module):
             setattr(self, name, None if value is None else value.detach().float().contiguous())
         scale = state_dict.get(prefix + "scale")  # absent before trvae stored it: 1
         self.scale = torch.ones(()) if scale is None else scale.detach().float().reshape(())
+
+
+def _level_aware(log_fold: Tensor, level: Tensor) -> Tensor:
+    """The change of ``log1p(y)`` at ``level`` when ``y`` is multiplied by ``exp(log_fold)``."""
+    return torch.log1p(torch.exp(log_fold) * torch.expm1(level)) - level
 
 
 def _level_weight(sums: Tensor, counts: Tensor, lin: Tensor) -> float:
@@ -211,7 +214,7 @@ def _level_weight(sums: Tensor, counts: Tensor, lin: Tensor) -> float:
         additive = pooled[1] - pooled[0]
         fold = (lin[rest, 1] - lin[rest, 0]).mean(0)
         level = means[held, 0]
-        aware = torch.log1p(torch.exp(fold) * torch.expm1(level)) - level
+        aware = _level_aware(fold, level)
         mixed = additive + weights[:, None] * (aware - additive)
         errors += ((mixed - (means[held, 1] - level)) ** 2).sum(1)
     return float(weights[int(torch.argmin(errors))])
