@@ -218,6 +218,21 @@ def snap_to_detection(values: Tensor, x_min: float | Tensor, detection: Tensor |
     return torch.where(low, torch.full_like(values, float(x_min)), torch.maximum(values, detection))
 
 
+def read_values(
+    tables: Tensor,
+    rows: Tensor,
+    mean: Tensor,
+    level: Tensor,
+    x_min: float | Tensor,
+    detection: Tensor | None,
+) -> Tensor:
+    """``max(x_min, mean + Q(level))`` (:func:`quantile_at`) snapped to the floor
+    (:func:`snap_to_detection`): the read-out's values, one formula for the read-out and its
+    mean match."""
+    values = (mean + quantile_at(tables, rows, level)).clamp_min(x_min)
+    return snap_to_detection(values, x_min, detection)
+
+
 def detection_levels(x: Tensor, x_min: float) -> Tensor:
     """Per gene (column of ``x``), the smallest value above ``x_min``; ``inf`` where none."""
     above = torch.where(x > x_min, x, torch.full_like(x, float("inf")))
@@ -288,8 +303,8 @@ class QuantileTables(nn.Module):
         """``max(x_min, m_t + Q_t(clip(u + shift, 0, 1)))`` in the target condition's bin of
         ``mean`` (``m_t``); ``shift``: one per gene (:meth:`match_shift`), default 0."""
         level = u if shift is None else u + shift
-        values = (mean + quantile_at(self.tables, self.rows(mean, cond), level)).clamp_min(x_min)
-        return snap_to_detection(values, x_min, self.detection)
+        rows = self.rows(mean, cond)
+        return read_values(self.tables, rows, mean, level, x_min, self.detection)
 
     def match_shift(
         self,
@@ -318,8 +333,7 @@ class QuantileTables(nn.Module):
             lo, hi = torch.full_like(ref, -1.0), torch.full_like(ref, 1.0)
             for _ in range(steps):
                 mid = (lo + hi) / 2
-                value = (m + quantile_at(sub, rows, level + mid)).clamp_min(x_min)
-                value = snap_to_detection(value, x_min, detection).mean(0)
+                value = read_values(sub, rows, m, level + mid, x_min, detection).mean(0)
                 up = value < ref
                 lo, hi = torch.where(up, mid, lo), torch.where(up, hi, mid)
             shift[cols] = (lo + hi) / 2
