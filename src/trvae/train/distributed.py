@@ -163,7 +163,8 @@ def _worker(rank: int, payload: bytes) -> None:
     finally:
         dist.destroy_process_group()
     # skip the interpreter's own teardown, where gloo's threads have aborted a finished process
-    sys.stdout.flush(), sys.stderr.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
     os._exit(0)
 
 
