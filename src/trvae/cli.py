@@ -131,6 +131,17 @@ def _predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
+def anchor_value(text: str) -> float | str:
+    """``--anchor``: ``auto`` or a number (checked by the model)."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        message = f"expected a number in [0, 1] or auto, got {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
+
+
 def positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -191,9 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--assess-groups", type=positive, default=3, help="groups to assess (3)")
     p.add_argument(
         "--anchor",
-        type=float,
-        help="weight in [0, 1] of the mean shift in predicted mean responses (TRVAE's anchor; "
-        "default: the package's, or with --group-key the one the self-assessment chooses)",
+        type=anchor_value,
+        help="weight in [0, 1] of the mean shift in predicted mean responses, or auto (TRVAE's "
+        "anchor; default: the package's, or with --group-key the one the self-assessment "
+        "chooses)",
     )
     p.add_argument("--out", required=True, metavar="MODEL_DIR")
     p.add_argument("--overwrite", action="store_true", help="replace an existing MODEL_DIR")
@@ -219,7 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accelerator", default="auto", help="auto (default), cpu, gpu/cuda, mps")
     p.add_argument("--precision", **PRECISION_ARG)
     p.add_argument(
-        "--anchor", type=float, help="weight of the mean shift (default: the model's anchor)"
+        "--anchor",
+        type=anchor_value,
+        help="weight of the mean shift, or auto (default: the model's anchor)",
     )
     p.add_argument("--out", required=True, metavar="PRED.h5ad")
 

@@ -390,11 +390,11 @@ def _assess(model: TRVAE, ds: DevSet, cfg: _Config) -> tuple[pd.DataFrame, float
     return result, time.perf_counter() - start
 
 
-def _assess_median(result: pd.DataFrame, perturbation: str, anchor: float | None = None) -> float:
+def _assess_median(result: pd.DataFrame, perturbation: str) -> float:
     """Median pseudo-held-out Pearson-Δ, of ``perturbation``'s rows when the table says which
-    (and of the ``anchor`` weight's rows)."""
-    if anchor is not None and "anchor" in result.columns:
-        result = result[result["anchor"] == anchor]
+    (and of the rows at the model's own anchor, ``own``, when it says which)."""
+    if "own" in result.columns:
+        result = result[result["own"].astype(bool)]
     for col in ("perturbation", "target_condition", "target", "condition"):
         if col in result.columns and (result[col].astype(str) == perturbation).any():
             result = result[result[col].astype(str) == perturbation]
@@ -415,7 +415,7 @@ def _score_fold(ds: DevSet, fold: Fold, cfg: _Config, rows: list, assessed: list
         "held-out cells": int(fold.held.sum()),
         **{f"{name} fit (s)": s for name, (_, s) in nets.items()},
     }
-    assess_result, chosen, default = None, None, None
+    assess_result, chosen = None, None
     if cfg.assess:  # the default row keeps the default anchor; the assessed row takes the choice
         model = nets[TRVAE_NAME][0]
         default = model.init_params["anchor"]
@@ -449,7 +449,7 @@ def _score_fold(ds: DevSet, fold: Fold, cfg: _Config, rows: list, assessed: list
             if name == ASSESSED_NAME:
                 scores["assess_anchor"] = chosen
             if name == TRVAE_NAME and assess_result is not None:
-                scores["assess_delta_pearson"] = _assess_median(assess_result, p, default)
+                scores["assess_delta_pearson"] = _assess_median(assess_result, p)
                 verdict = assess_result.attrs.get("verdict", "")
                 assessed.append(
                     {**keys, "assess": scores["assess_delta_pearson"], "verdict": verdict}

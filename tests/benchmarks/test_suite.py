@@ -60,6 +60,7 @@ def spied_run(tmp_path_factory):
             assert (n_groups, seed, train_kwargs) == (3, 0, {"max_epochs": 1})
             result = pd.DataFrame(
                 {"group": list("abcabc"), "anchor": [0.5] * 3 + [1.0] * 3,
+                 "own": [True] * 3 + [False] * 3,
                  "delta_pearson": [0.1, 0.5, 0.9, 0.2, 0.6, 1.0]}
             )  # fmt: skip
             result.attrs["verdict"] = "fine"
@@ -233,7 +234,7 @@ def test_report_csv_and_assess_written(spied_run, capsys):
     assert (out / "figures" / "trvae_vs_best_mean_shift.png").stat().st_size > 0
     assess = df[(df["metric"] == "assess_delta_pearson") & (df["method"] == "trVAE")]
     assert len(assess) == len(set(zip(df["set"], df["row"], strict=True)))
-    assert np.allclose(assess["value"], 0.5)  # the median of the spy's default-anchor rows
+    assert np.allclose(assess["value"], 0.5)  # the median of the spy's own-anchor rows
     chosen = df[(df["metric"] == "assess_anchor") & (df["method"] == ASSESSED_NAME)]
     assert len(chosen) == len(assess) and np.allclose(chosen["value"], 1.0)
     r2 = df[df["metric"] == "r2_mean_top100"].pivot_table(

@@ -46,16 +46,18 @@ def test_trvae_wins_where_the_response_depends_on_the_group():
     row = table.iloc[0]
     assert row["beats_mean_shift"]
     assert row["delta_pearson"] > row["delta_pearson_mean_shift"] + 0.2
-    # trVAE's own response is the better one: no anchoring chosen
+    # trVAE's own response is the better one, and anchor="auto" (the refit's state ratio) said so
+    assert table.loc[table["own"], "anchor"].tolist() == [0.0]
     assert table.attrs["anchor"] == 0.0 == model.init_params["anchor"]
     assert table.attrs["anchor_ranks"][0.0] < table.attrs["anchor_ranks"][1.0]
     assert table.attrs["verdict"].startswith("beat the mean shift in 1 of 1")
-    assert "anchor 0 (chosen here: predicted mean responses 100 % trVAE's" in table.attrs["verdict"]
+    assert "anchor 0 (the model's: predicted mean responses 100 % trVAE's" in table.attrs["verdict"]
     assert model.assessment_ is table
 
 
 def test_mean_shift_wins_where_the_response_is_one_additive_shift():
-    model = TRVAE(continuum(0.0), condition_key="condition", mmd_group_key="group", **TINY)
+    adata = continuum(0.0)
+    model = TRVAE(adata, condition_key="condition", mmd_group_key="group", anchor=0.0, **TINY)
     table = model.assess("group", groups=["g1"], **BUDGET)
     row = table.iloc[0]  # trVAE's own response
     assert not row["beats_mean_shift"]
@@ -63,6 +65,11 @@ def test_mean_shift_wins_where_the_response_is_one_additive_shift():
     # moving the response toward the mean shift scores better: the choice is kept in the model
     assert table.attrs["anchor"] >= 0.5 and model.init_params["anchor"] == table.attrs["anchor"]
     assert "(chosen here" in table.attrs["verdict"]
+    # anchor="auto" reads the same off the training groups: their states say nothing of their
+    # responses (one shared shift), so each refit anchors at least half-way
+    auto = TRVAE(adata, condition_key="condition", mmd_group_key="group", **TINY)
+    assert auto.init_params["anchor"] == "auto"
+    assert (auto.assess("group", groups=["g1"], **BUDGET).query("own")["anchor"] >= 0.5).all()
     kept = TRVAE(continuum(0.0), "condition", mmd_group_key="group", anchor=0.25, **TINY)
     kept.assess("group", groups=["g1"], choose_anchor=False, anchors=None, **BUDGET)
     assert kept.init_params["anchor"] == 0.25 and len(kept.assessment_) == 1

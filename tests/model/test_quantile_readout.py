@@ -11,6 +11,7 @@ import torch
 import trvae
 from trvae import TRVAE, TRVAEError
 from trvae.module import readout
+from trvae.module.anchor import AUTO_FALLBACK, auto_anchor
 
 SMALL = {"n_hidden": (32,), "n_latent": 4, "n_mmd": 16}
 QUIET = {"progress_bar": False, "batch_size": 32, "accelerator": "cpu"}
@@ -307,3 +308,29 @@ def test_no_predicted_value_between_the_floor_and_detection(model, control):
         pred = model.predict(control, "stimulated", anchor=anchor).X
         assert not ((pred > x_min) & (pred < detection)).any()
         assert (pred == x_min).any()
+
+
+def test_auto_anchor_is_read_off_the_training_groups(synthetic_adata):
+    adata = synthetic_adata(n_cells_per_group=15, n_genes=20, n_cell_types=4, seed=2)
+    model = TRVAE(adata, condition_key="condition", mmd_group_key="cell_type", **SMALL)
+    model.train(max_epochs=3, **QUIET)
+    assert model.init_params["anchor"] == "auto"
+    shifts = model.module.mean_shifts
+    ctrl, stim = (model.conditions_.index(c) for c in ("control", "stimulated"))
+    ratio = float(shifts.state_ratio[ctrl, stim])
+    assert ratio >= 0  # four paired groups: known
+    control = adata[adata.obs["condition"] == "control"]
+    pred = model.predict(control, "stimulated")
+    info = pred.uns["trvae_prediction"]
+    assert info["anchor"] == auto_anchor(ratio)
+    assert info["state_ratio"] == {"control": pytest.approx(ratio)}
+    fixed = model.predict(control, "stimulated", anchor=auto_anchor(ratio)).X
+    np.testing.assert_array_equal(pred.X, fixed)
+    np.testing.assert_array_equal(pred.X, model.predict(control, "stimulated", anchor="auto").X)
+    # each source condition gets its own weight; a condition to itself has no ratio (fallback)
+    shifts.state_ratio[ctrl, stim] = 0.0
+    mixed = model.predict(adata, "stimulated").uns["trvae_prediction"]
+    assert mixed["anchor"] == {"control": 0.0, "stimulated": AUTO_FALLBACK}
+    assert mixed["state_ratio"]["control"] == 0.0 and np.isnan(mixed["state_ratio"]["stimulated"])
+    with pytest.raises(TRVAEError, match="auto"):
+        TRVAE(adata, condition_key="condition", likelihood="nb", anchor="auto")

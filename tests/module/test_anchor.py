@@ -1,10 +1,20 @@
 """The mean shifts a prediction can be anchored to (:mod:`trvae.module.anchor`)."""
 
+import math
+
 import pytest
 import torch
 
 from trvae import TRVAEError
-from trvae.module.anchor import MeanShifts, check_anchor
+from trvae.module.anchor import (
+    AUTO_FALLBACK,
+    AUTO_RATIOS,
+    UNKNOWN_RATIO,
+    MeanShifts,
+    auto_anchor,
+    check_anchor,
+    state_ratio,
+)
 
 
 def test_shifts_pool_the_groups_that_have_both_conditions():
@@ -180,3 +190,66 @@ def test_level_weight_needs_three_groups_and_log_scale_means():
     assert torch.equal(
         loaded.change(torch.tensor([0]), 1, level), shifts.change(torch.tensor([0]), 1, level)
     )
+
+
+def test_state_ratio_by_hand():
+    """Three groups on a line (source means 0, 1, 3; bandwidth the median squared distance 4),
+    one gene whose response equals the position: each group left out is predicted by the other
+    two's plain mean and by their mean weighted exp(-d^2 / 4)."""
+    means = torch.tensor([[0.0], [1.0], [3.0]])
+    responses = torch.tensor([[0.0], [1.0], [3.0]])
+    plain = weighted = 0.0
+    for held, (a, b) in enumerate([(1, 2), (0, 2), (0, 1)]):
+        wa = math.exp(-((means[held, 0] - means[a, 0]).item() ** 2) / 4)
+        wb = math.exp(-((means[held, 0] - means[b, 0]).item() ** 2) / 4)
+        ra, rb, r = responses[a, 0].item(), responses[b, 0].item(), responses[held, 0].item()
+        plain += ((ra + rb) / 2 - r) ** 2
+        weighted += ((wa * ra + wb * rb) / (wa + wb) - r) ** 2
+    assert state_ratio(means, responses) == pytest.approx(weighted / plain, rel=1e-6)
+    assert math.isnan(state_ratio(means[:2], responses[:2]))  # two groups: nothing to weigh
+    assert math.isnan(state_ratio(torch.zeros(3, 1), responses))  # groups alike: no bandwidth
+
+
+def test_auto_anchor_reads_the_state_ratio():
+    low, high = AUTO_RATIOS
+    assert auto_anchor(0.2) == auto_anchor(low) == 0.0
+    assert auto_anchor(high) == auto_anchor(1.5) == 1.0
+    assert auto_anchor(low + 0.5 * (high - low)) == 0.5
+    assert auto_anchor(low + 0.3 * (high - low)) == 0.25  # rounded to the step
+    assert auto_anchor(float("nan")) == auto_anchor(UNKNOWN_RATIO) == AUTO_FALLBACK
+    assert check_anchor("auto", "mse") == "auto"
+    with pytest.raises(TRVAEError, match="auto"):
+        check_anchor("auto", "nb")
+
+
+def test_state_ratio_of_the_shifts_follows_how_the_groups_respond():
+    """Eight groups along a line in 3 genes: a response that grows with the position makes
+    near groups respond alike (ratio well below 1: trust trVAE, weight 0); one random response
+    per group makes nearness say nothing (ratio near or above 1: the mean shift, weight 1)."""
+    gen = torch.Generator().manual_seed(0)
+    position = torch.linspace(-1, 1, 8)[:, None]
+    ctrl = 2 + position * torch.tensor([1.0, -1.0, 0.5])
+    shifts = MeanShifts()
+    shifts.set(*_one_cell_groups(ctrl, ctrl + 1 + position), n_conditions=2)
+    assert 0 <= shifts.state_ratio[0, 1].item() < AUTO_RATIOS[0]
+    assert shifts.auto_weight(0, 1) == 0.0
+    noise = torch.randn(8, 3, generator=gen)
+    shifts.set(*_one_cell_groups(ctrl, ctrl + 1 + noise), n_conditions=2)
+    assert shifts.state_ratio[0, 1].item() >= AUTO_RATIOS[1] and shifts.auto_weight(0, 1) == 1.0
+    assert shifts.state_ratio[0, 0].item() == UNKNOWN_RATIO  # a condition to itself
+    older = MeanShifts()  # saved before the state ratio: the fallback weight
+    older.load_state_dict({k: v for k, v in shifts.state_dict().items() if k != "state_ratio"})
+    assert older.state_ratio is None and older.auto_weight(0, 1) == AUTO_FALLBACK
+    shifts.set(*_one_cell_groups(ctrl[:2], ctrl[:2] + 1), n_conditions=2)
+    assert shifts.auto_weight(0, 1) == AUTO_FALLBACK  # two groups: unknown
+
+
+def test_weights_per_cell():
+    shifts = MeanShifts()
+    ctrl = torch.tensor([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]])
+    shifts.set(*_one_cell_groups(ctrl, ctrl + 1), n_conditions=2)
+    shifts.quiet = torch.tensor([[[True, False]] * 2] * 2)
+    weight = shifts.weights(torch.tensor([0, 0]), 1, torch.tensor([0.0, 0.25]))
+    # the quiet gene takes the mean shift's change where the cell's anchor is above 0 only
+    assert torch.equal(weight, torch.tensor([[0.0, 0.0], [1.0, 0.25]]))
+    assert torch.equal(shifts.weights(torch.tensor([0]), 1, 0.5), torch.tensor([[1.0, 0.5]]))

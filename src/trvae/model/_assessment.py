@@ -61,8 +61,9 @@ class AssessmentMixin:
             Seed of the choice of groups and of the refits.
         anchors
             Anchor weights to score (``anchor`` of :class:`TRVAE`: how far the predicted mean
-            response is moved toward the mean shift); default :data:`ANCHORS`. ``None``: only
-            the model's own. Each costs a prediction, not a fit.
+            response is moved toward the mean shift); default :data:`ANCHORS`. The model's own
+            is always scored (``"auto"``: what each refit reads off its own training groups);
+            ``None``: only that. Each costs a prediction, not a fit.
         choose_anchor
             Set the model's ``anchor`` to the weight that scored best on the pseudo-held-out
             groups (the lowest mean rank among ``anchors`` over Pearson-Δ and E-distance of
@@ -85,8 +86,9 @@ class AssessmentMixin:
         ``edist``, ``r2_mean`` of trVAE and the same with suffix ``_mean_shift``, and
         ``beats_mean_shift`` (higher Pearson r *and* lower E-distance) and ``interval_coverage``
         (the fraction of the DEGs whose real mean change lies in the refit's response interval,
-        before any calibration). ``attrs["anchor"]`` is
-        the weight the verdict is about (the chosen one, or the model's),
+        before any calibration) and ``own`` (the row's weight is the refit's own).
+        ``attrs["anchor"]`` is the weight the verdict is about (the chosen one, or the model's:
+        the median over the rows of the refits' own),
         ``attrs["anchor_ranks"]`` the mean rank of each weight and ``attrs["verdict"]`` a
         one-line summary; the frame is also kept as ``model.assessment_``.
 
@@ -104,11 +106,9 @@ class AssessmentMixin:
         conditions = V.check_obs_key(adata, self.condition_key).astype(str).to_numpy()
         control = _control_condition(control, self.conditions_)
         chosen = _pseudo_held_out(labels, conditions, control, n_groups, groups, seed)
-        current = float(self.init_params.get("anchor", 0.0))
-        weights = sorted({current, *map(float, anchors or ())})
-        if self.init_params["likelihood"] != "mse":
-            weights = [0.0]
-        rows, ratios = [], {w: [] for w in weights}
+        grid = sorted(set(map(float, anchors or ())))
+        mse = self.init_params["likelihood"] == "mse"
+        rows, ratios = [], []
         groups = labels
         for group, target in chosen:
             held = (groups == group) & (conditions == target)
@@ -126,26 +126,31 @@ class AssessmentMixin:
             idx = _response_degs(real_x, source_x, real.var_names)
             r, c = real_x[:, idx], source_x[:, idx]
             real_change = r.mean(0) - c.mean(0)
-            for weight in weights:
-                kw = {"anchor": weight} if len(weights) > 1 else {}
-                pred = model.predict(source, target, accelerator=device, **kw)
+            # the refit's own anchor ("auto": read off its own training groups), then the grid
+            own = model._own_anchor(control, target) if mse else 0.0
+            for weight in sorted({own, *grid}) if mse else [0.0]:
+                pred = model.predict(source, target, accelerator=device, anchor=weight)
                 row = _score(r, c, pred.X, shift, idx)
-                ratios[weight].append(_interval_ratios(pred, real_change, idx))
-                row["interval_coverage"] = _coverage(ratios[weight][-1])
-                rows.append({"group": group, "target": target, "anchor": weight, **row})
+                ratios.append(_interval_ratios(pred, real_change, idx))
+                row["interval_coverage"] = _coverage(ratios[-1])
+                keys = {"group": group, "target": target, "anchor": weight, "own": weight == own}
+                rows.append({**keys, **row})
         table = pd.DataFrame(rows)
         ranks = _anchor_ranks(table)
+        current = float(table.loc[table["own"], "anchor"].median())
+        chosen = table["own"].to_numpy()
         best = current
-        if choose_anchor and len(ranks) > 1:
+        if choose_anchor and grid and len(ranks) > 1:
             nearest = sorted(ranks.index, key=lambda w: (ranks[w], abs(w - current)))
             best = float(nearest[0])
             self.init_params["anchor"] = best
-        scale = _interval_scale(ratios[best])
+            chosen = (table["anchor"] == best).to_numpy()
+        scale = _interval_scale([ratio for ratio, keep in zip(ratios, chosen, strict=True) if keep])
         if calibrate and np.isfinite(scale) and scale > 0:
             self.module.mean_shifts.set_scale(scale)
         table.attrs["anchor"], table.attrs["anchor_ranks"] = best, ranks.to_dict()
         table.attrs["interval_scale"] = scale
-        verdict = _verdict(table[table["anchor"] == best], best, best != current)
+        verdict = _verdict(table[chosen], best, best != current)
         table.attrs["verdict"] = verdict + _interval_note(scale, calibrate)
         self.assessment_ = table
         return table

@@ -126,7 +126,7 @@ class PredictionMixin:
         out: str | os.PathLike | None = None,
         accelerator: str = "auto",
         precision: str = "32",
-        anchor: float | None = None,
+        anchor: float | str | None = None,
         group_key: str | None = None,
     ) -> AnnData:
         """Carry cells to ``target_condition``: encode with their condition, decode with the target.
@@ -189,7 +189,8 @@ class PredictionMixin:
             response (``mode="quantile"`` only; see ``anchor`` of :class:`TRVAE`): the mean
             over the predicted cells of the residual read-out is replaced by ``(1 - anchor)``
             times it plus ``anchor`` times the source cells' mean plus the mean shift (weight 1
-            on the quiet genes, :mod:`trvae.module.anchor`, when ``anchor > 0``). It acts
+            on the quiet genes, :mod:`trvae.module.anchor`, when ``anchor > 0``); ``"auto"``:
+            the weight the training groups' state ratio gives, per source condition. It acts
             on all cells of ``adata`` together: predict one group at a time to anchor each
             group's response. Default: the model's ``anchor`` (set at construction or chosen by
             :meth:`assess`).
@@ -205,8 +206,10 @@ class PredictionMixin:
         AnnData with the same genes (the model's order) and a copy of ``adata.obs`` in which
         ``condition_key`` is set to ``target_condition``. ``uns["trvae_prediction"]["values"]``
         says what X holds: ``"quantile"``, ``"residual"``, ``"mean"`` or ``"sample"``; its
-        ``"anchor"`` the weight used and, with an anchor, ``"level_weight"`` per source
-        condition (how level-aware the mean shift is, :mod:`trvae.module.anchor`). For MSE
+        ``"anchor"`` the weight used (one per source condition where they differ), with an
+        anchor ``"level_weight"`` per source condition (how level-aware the mean shift is,
+        :mod:`trvae.module.anchor`) and, with groups, ``"state_ratio"`` per source condition
+        (how far the groups' responses follow their state; what ``anchor="auto"`` reads). For MSE
         models, in memory, var also holds the predicted mean response and how far to trust
         it: ``trvae_response`` (mean over the predicted cells minus the mean over the source
         cells), ``trvae_response_sd`` (how much the training groups' own responses differ:
@@ -252,9 +255,10 @@ class PredictionMixin:
         obs = self._target_obs(adata, target)
         order = V.align_genes(adata, self.var_names)
         var = adata.var.copy() if order is None else adata.var.iloc[order].copy()
-        anchor = self._anchor_weight(anchor, mode)
+        sources = torch.unique(data.conditions).tolist()
+        anchors = self._anchor_weights(anchor, mode, sources, target)
         if mode == "quantile":
-            fn = self._quantile_fn(data, target, seed, batch_size, accelerator, precision, anchor)
+            fn = self._quantile_fn(data, target, seed, batch_size, accelerator, precision, anchors)
         values = mode if mode != "decode" else ("mean" if return_mean else "sample")
         uns = {
             "trvae_prediction": {
@@ -262,14 +266,22 @@ class PredictionMixin:
                 "source_condition": None if source_condition is None else str(source_condition),
                 "values": values,
                 "likelihood": likelihood,
-                "anchor": anchor,
+                "anchor": _one_or_each(anchors, self.conditions_),
             }
         }
-        level_weight = module.mean_shifts.level_weight
-        if anchor > 0 and level_weight is not None:
-            sources = torch.unique(data.conditions).tolist()
+        shifts = module.mean_shifts
+        if any(weight > 0 for weight in anchors.values()) and shifts.level_weight is not None:
             uns["trvae_prediction"]["level_weight"] = {
-                self.conditions_[s]: float(level_weight[s, target]) for s in sources
+                self.conditions_[s]: float(shifts.level_weight[s, target]) for s in sources
+            }
+        ratios = (
+            {}
+            if shifts.state_ratio is None
+            else {self.conditions_[s]: float(shifts.state_ratio[s, target]) for s in sources}
+        )
+        if any(ratio >= 0 for ratio in ratios.values()):  # negative: unknown
+            uns["trvae_prediction"]["state_ratio"] = {
+                label: ratio if ratio >= 0 else float("nan") for label, ratio in ratios.items()
             }
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -297,3 +309,12 @@ class PredictionMixin:
         arrays = (b.cpu().numpy() for b in batches)
         path = write_h5ad_chunked(out, obs, var, arrays, sparse_x=counts, uns=uns)
         return anndata.read_h5ad(path, backed="r")
+
+
+def _one_or_each(weights: dict[int, float], labels: list[str]) -> float | dict[str, float]:
+    """The anchor of ``uns``: one number when every source condition has the same (or there is
+    none), else one per source condition's label."""
+    values = set(weights.values())
+    if len(values) <= 1:
+        return values.pop() if values else 0.0
+    return {labels[code]: weight for code, weight in weights.items()}

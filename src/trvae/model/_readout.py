@@ -45,27 +45,39 @@ class ReadoutMixin:
             )
         return mode
 
-    def _anchor_weight(self, anchor: float | None, mode: str) -> float:
-        """``predict``'s ``anchor`` checked; ``None``: the model's (0 for other read-outs)."""
+    def _anchor_weights(
+        self, anchor: float | str | None, mode: str, sources: list[int], target: int
+    ) -> dict[int, float]:
+        """``predict``'s ``anchor`` checked and resolved per source condition (codes
+        ``sources``) to ``target``; ``None``: the model's (0 for other read-outs); ``"auto"``:
+        :meth:`~trvae.module.anchor.MeanShifts.auto_weight`."""
+        shifts = self.module.mean_shifts
         if anchor is None:
             anchor = self.init_params.get("anchor", 0.0) if mode == "quantile" else 0.0
-            if anchor > 0 and not self.module.mean_shifts.built:
+            if anchor != 0 and not shifts.built:
                 warnings.warn(
                     "this model has no mean shifts to anchor to (saved by an older trvae): "
                     "predicting with anchor=0; retrain it to anchor",
                     UserWarning,
                     stacklevel=3,
                 )
-                return 0.0
+                anchor = 0.0
         anchor = check_anchor(anchor, self.init_params["likelihood"])
-        if anchor > 0 and mode != "quantile":
+        if anchor != 0 and mode != "quantile":
             raise TRVAEError(f"anchor applies to mode='quantile', not mode={mode!r}")
-        if anchor > 0 and not self.module.mean_shifts.built:
+        if anchor != 0 and not shifts.built:
             raise TRVAEError(
                 "this model has no mean shifts to anchor to (saved by an older trvae, or not "
                 "trained): retrain it, or predict with anchor=0"
             )
-        return anchor
+        if anchor == "auto":
+            return {s: shifts.auto_weight(s, target) for s in sources}
+        return dict.fromkeys(sources, float(anchor))
+
+    def _own_anchor(self, source: str, target: str) -> float:
+        """The anchor :meth:`predict` uses by default from condition ``source`` to ``target``."""
+        code = self._code(source)
+        return self._anchor_weights(None, "quantile", [code], self._code(target))[code]
 
     def _quantile_fn(
         self,
@@ -75,15 +87,20 @@ class ReadoutMixin:
         batch_size: int,
         accelerator,
         precision,
-        anchor: float = 0.0,
+        anchors: dict[int, float] | None = None,
     ):
         """The batch function of ``mode="quantile"`` (:mod:`trvae.module.readout`), after its
         first pass: the per-gene shift that matches the residual read-out's mean (moved by
         ``anchor`` toward the source cells' mean plus the mean shift; with an anchor, what the
         shift cannot reach is added to every value, then snapped), set on at most
         :data:`~trvae.module.readout.MATCH_CELLS` cells (all of them when fewer, then in the
-        same batches with the same floor levels as the second pass)."""
+        same batches with the same floor levels as the second pass). ``anchors``: the anchor
+        per source condition code (:meth:`_anchor_weights`; none: 0)."""
         module, tables = self.module, self.module.readout
+        per_condition = torch.zeros(len(self.conditions_))
+        for code, weight in (anchors or {}).items():
+            per_condition[code] = weight
+        anchored = bool((per_condition > 0).any())
         cells = np.arange(len(data))
         if len(data) > readout.MATCH_CELLS:
             rng = np.random.default_rng([int(seed) % 2**63, len(data)])
@@ -107,10 +124,10 @@ class ReadoutMixin:
                 position += len(x)
                 if first_pass:
                     residual = (x + to - source).clamp_min(module.x_min)
-                    if anchor == 0:
+                    if not anchored:
                         return torch.cat([u, to, residual], dim=1)
                     shifted = x + module.mean_shifts.change(c, target, source)
-                    weight = module.mean_shifts.weights(c, target, anchor)
+                    weight = module.mean_shifts.weights(c, target, per_condition.to(x.device)[c])
                     return torch.cat([u, to, residual, shifted, weight], dim=1)
                 cond = torch.full_like(c, target)
                 values = tables.target_values(u, to, cond, module.x_min, shift.to(x.device))
@@ -127,15 +144,15 @@ class ReadoutMixin:
         if not parts:  # no cells: nothing to match
             shift = torch.zeros(module.n_input)
             return batch_function(False)
-        u, to, residual, *anchored = torch.cat(parts).chunk(3 if anchor == 0 else 5, dim=1)
+        u, to, residual, *extra = torch.cat(parts).chunk(5 if anchored else 3, dim=1)
         cond = torch.full((len(u),), target, dtype=torch.long)
         reference = residual
-        if anchor > 0:  # per cell and gene: the quiet genes take the mean shift's change
-            shifted, weight = anchored
+        if anchored:  # per cell and gene: the quiet genes take the mean shift's change
+            shifted, weight = extra
             reference = residual + weight * (shifted - residual)
         reference = reference.mean(0, dtype=torch.float64).float()
         shift = tables.match_shift(u, to, cond, module.x_min, reference)
-        if anchor > 0:  # what the level shift cannot reach (eta at -1 or 1), added to every
+        if anchored:  # what the level shift cannot reach (eta at -1 or 1), added to every
             # value before the snap (a floor value the gap moves less than half-way to
             # detection stays at the floor; spreading the gap over the values above the floor
             # alone gave a few cells extreme values)

@@ -44,7 +44,7 @@ DEFAULT_BETA: dict[tuple[str, bool], float] = {
 }
 #: Default weight of the training data's mean shift in a prediction's mean response, per
 #: likelihood (``anchor``; the quantile read-out of MSE models only).
-DEFAULT_ANCHOR: dict[str, float] = {"mse": 0.5, "nb": 0.0, "zinb": 0.0}
+DEFAULT_ANCHOR: dict[str, float | str] = {"mse": "auto", "nb": 0.0, "zinb": 0.0}
 #: Default decoder conditioning per grouping of the MMD.
 DEFAULT_DECODER_CONDITIONING: dict[bool, str] = {False: "mmd_layer", True: "all_layers"}
 
@@ -120,10 +120,13 @@ class TRVAE(
         take the mean shift's change, weight 1. The mean shift is level-aware where the
         training groups say so (a fold change on the linear scale, applied at each cell's
         level; chosen by leave-one-group-out after training, ``uns["trvae_prediction"]
-        ["level_weight"]``). Default
-        :data:`DEFAULT_ANCHOR`: 0.5 for ``"mse"``, a shrinkage of trVAE's response toward the
-        baseline that won on development data where neither alone did. :meth:`assess` can
-        choose it on the training data.
+        ["level_weight"]``). ``"auto"`` (the default for ``"mse"``, :data:`DEFAULT_ANCHOR`)
+        reads the weight off the training groups, per pair of conditions: 0 where the groups
+        that look alike in the source condition respond alike (trVAE can learn how a response
+        follows the cell state), up to 1 where they do not (trVAE's departures from the mean
+        shift are then extrapolation); 0.5 without three groups that have both conditions
+        (:func:`trvae.module.anchor.auto_anchor`). :meth:`assess` can choose a number instead,
+        by refits on the training data.
 
     Notes
     -----
@@ -163,7 +166,7 @@ class TRVAE(
         mmd_group_key: str | None = None,
         mmd_on: str = "y",
         mmd_grouping: str = "within",
-        anchor: float | None = None,
+        anchor: float | str | None = None,
     ) -> None:
         adata = V.check_adata(V.as_anndata(adata))
         setup = (
@@ -210,7 +213,7 @@ class TRVAE(
             "mmd_groups": None,
             "mmd_on": mmd_on,
             "mmd_grouping": mmd_grouping,
-            "anchor": float(anchor),
+            "anchor": anchor if anchor == "auto" else float(anchor),
         }
         if mmd_group_key is not None:
             groups = V.check_obs_key(adata, mmd_group_key, "mmd_group_key")

@@ -32,9 +32,23 @@ the data's to say: the weight of the level-aware change (``level_weight``, one o
 group's own mean response from the others (leave one group out, squared error over genes). It
 needs three paired groups and non-negative log-scale means (at most :data:`LOG_MAX`); else 0,
 the additive shift, as for models saved before it existed.
+
+**How much to anchor** (``anchor="auto"``, :func:`auto_anchor`). trVAE can only improve on the
+mean shift where a group's response follows its cell state: where groups that look alike in the
+source condition respond alike. The **state ratio** (:func:`state_ratio`) measures that on the
+paired groups: leave one group out and predict its response (over all genes) by the others'
+mean, or by their mean weighted by how close their source-condition means lie to its own
+(Gaussian weights, bandwidth the median squared distance between groups); the ratio is the
+weighted prediction's squared error over the plain mean's. Near 1 the groups' states say
+nothing about their responses and trVAE's departures from the mean shift are extrapolation; well
+below 1 they do. The weight is 0 at a ratio of at most ``AUTO_RATIOS[0]``, 1 from
+``AUTO_RATIOS[1]``, linear between, rounded to :data:`AUTO_STEP`; :data:`AUTO_FALLBACK` where the
+ratio is unknown (fewer than three paired groups, no groups, a model saved before it existed).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from scipy.stats import chi2
@@ -50,6 +64,14 @@ LEVEL_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 LOG_MAX = 30.0
 #: Pseudo-level (of ``expm1(x)``) of the level-aware fold changes.
 LEVEL_EPS = 1e-3
+#: ``anchor="auto"``: the state ratios at which the weight is 0 and 1 (linear between).
+AUTO_RATIOS = (0.7, 1.0)
+#: ``anchor="auto"``: the weight is rounded to a multiple of this.
+AUTO_STEP = 0.25
+#: ``anchor="auto"`` where the state ratio is unknown.
+AUTO_FALLBACK = 0.5
+#: The stored state ratio of a pair of conditions where it is unknown (ratios are >= 0).
+UNKNOWN_RATIO = -1.0
 
 
 class MeanShifts(nn.Module):
@@ -74,6 +96,7 @@ class MeanShifts(nn.Module):
         self.register_buffer("quiet", None)
         self.register_buffer("level_fold", None)
         self.register_buffer("level_weight", None)
+        self.register_buffer("state_ratio", None)
         self.register_buffer("scale", torch.ones(()))
 
     @property
@@ -101,6 +124,7 @@ class MeanShifts(nn.Module):
         quiet = torch.zeros(n_conditions, n_conditions, n_genes, dtype=torch.bool)
         level_fold = torch.zeros_like(shifts)
         level_weight = torch.zeros_like(dof)
+        ratio = torch.full_like(dof, UNKNOWN_RATIO)
         group_means = sums / counts.clamp_min(1)[..., None]
         observed = group_means[counts > 0]
         log_scale = bool(((observed >= 0) & (observed <= LOG_MAX)).all())
@@ -122,6 +146,9 @@ class MeanShifts(nn.Module):
                     responses = group_means[paired, t] - group_means[paired, s]
                     spreads[s, t] = responses.std(0) * (1 + 1 / k) ** 0.5
                     dof[s, t] = k - 1
+                    if s != t:
+                        found = state_ratio(group_means[paired, s], responses)
+                        ratio[s, t] = found if math.isfinite(found) else UNKNOWN_RATIO
                     if log_scale and s != t:
                         lin = torch.log(torch.expm1(group_means[paired]) + LEVEL_EPS)
                         level_fold[s, t] = (lin[:, t] - lin[:, s]).mean(0)
@@ -136,15 +163,24 @@ class MeanShifts(nn.Module):
         self.spreads, self.dof = spreads.float(), dof.float()
         self.quiet = quiet if sq_sums is not None else None
         self.level_fold, self.level_weight = level_fold.float(), level_weight.float()
+        self.state_ratio = ratio.float()
 
-    def weights(self, source: Tensor, target: int, anchor: float) -> Tensor:
+    def auto_weight(self, source: int, target: int) -> float:
+        """``anchor="auto"``'s weight from condition ``source`` to ``target``
+        (:func:`auto_anchor` of the stored state ratio)."""
+        if self.state_ratio is None:
+            return AUTO_FALLBACK
+        return auto_anchor(float(self.state_ratio[source, target]))
+
+    def weights(self, source: Tensor, target: int, anchor: float | Tensor) -> Tensor:
         """The mean shift's weight in each cell's (condition ``source``) predicted change to
-        ``target``: ``anchor``, and 1 for the quiet genes when ``anchor > 0`` (cells x genes)."""
-        weight = torch.full(
-            (len(source), self.shifts.shape[-1]), float(anchor), device=source.device
-        )
-        if anchor > 0 and self.quiet is not None:
-            weight = torch.where(self.quiet[source, target], 1.0, weight)
+        ``target``: ``anchor`` (a number, or one per cell), and 1 for the quiet genes of the
+        cells whose anchor is above 0 (cells x genes)."""
+        per_cell = torch.as_tensor(anchor, dtype=torch.float32, device=source.device)
+        per_cell = per_cell.expand(len(source))[:, None]
+        weight = per_cell.expand(len(source), self.shifts.shape[-1])
+        if self.quiet is not None:
+            weight = torch.where(self.quiet[source, target] & (per_cell > 0), 1.0, weight)
         return weight
 
     def spread(self, source: Tensor, target: int) -> tuple[Tensor, Tensor]:
@@ -185,7 +221,8 @@ class MeanShifts(nn.Module):
             setattr(self, name, None if value is None else value.detach().float().contiguous())
         quiet = state_dict.get(prefix + "quiet")  # absent before trvae stored it: none quiet
         self.quiet = None if quiet is None else quiet.detach().bool().contiguous()
-        for name in ("level_fold", "level_weight"):  # absent before: the additive shift
+        for name in ("level_fold", "level_weight", "state_ratio"):  # absent before: additive
+            # shift, the fallback anchor
             value = state_dict.get(prefix + name)
             setattr(self, name, None if value is None else value.detach().float().contiguous())
         scale = state_dict.get(prefix + "scale")  # absent before trvae stored it: 1
@@ -220,12 +257,54 @@ def _level_weight(sums: Tensor, counts: Tensor, lin: Tensor) -> float:
     return float(weights[int(torch.argmin(errors))])
 
 
-def check_anchor(anchor: float, likelihood: str) -> float:
-    """``anchor`` as a float in [0, 1]; only 0 for count likelihoods (no quantile read-out)."""
+def state_ratio(source_means: Tensor, responses: Tensor) -> float:
+    """How much closer a group's response (row of ``responses``, groups x genes) is predicted
+    by the other groups' responses weighted by the nearness of their ``source_means`` than by
+    their plain mean (leave one group out; squared errors summed over groups and genes): the
+    ratio of the two errors. NaN with fewer than three groups or when either error is 0."""
+    k = len(responses)
+    if k < 3:
+        return float("nan")
+    means, responses = source_means.double(), responses.double()
+    distance = torch.cdist(means, means) ** 2
+    upper = torch.triu_indices(k, k, 1)
+    bandwidth = torch.quantile(distance[upper[0], upper[1]], 0.5)
+    if not bandwidth > 0:
+        return float("nan")
+    plain = weighted = 0.0
+    for held in range(k):
+        rest = torch.arange(k) != held
+        near = torch.softmax(-distance[held, rest] / bandwidth, dim=0)
+        plain += float(((responses[rest].mean(0) - responses[held]) ** 2).sum())
+        weighted += float(((near @ responses[rest] - responses[held]) ** 2).sum())
+    return weighted / plain if plain > 0 and weighted > 0 else float("nan")
+
+
+def auto_anchor(ratio: float) -> float:
+    """``anchor="auto"``'s weight at state ratio ``ratio``: 0 up to ``AUTO_RATIOS[0]``, 1 from
+    ``AUTO_RATIOS[1]``, linear between, rounded to :data:`AUTO_STEP`; :data:`AUTO_FALLBACK`
+    for an unknown ratio (NaN or negative, :data:`UNKNOWN_RATIO`)."""
+    if not (math.isfinite(ratio) and ratio >= 0):
+        return AUTO_FALLBACK
+    low, high = AUTO_RATIOS
+    weight = min(max((ratio - low) / (high - low), 0.0), 1.0)
+    return AUTO_STEP * math.floor(weight / AUTO_STEP + 0.5)
+
+
+def check_anchor(anchor: float | str, likelihood: str) -> float | str:
+    """``anchor`` as a float in [0, 1], or ``"auto"``; only 0 for count likelihoods (no
+    quantile read-out)."""
+    if isinstance(anchor, str) and anchor == "auto":
+        if likelihood != "mse":
+            raise TRVAEError(
+                f"anchor='auto' applies to the quantile read-out of likelihood='mse', not "
+                f"{likelihood!r}"
+            )
+        return anchor
     try:
         value = float(anchor)
     except (TypeError, ValueError):
-        raise TRVAEError(f"anchor must be a number in [0, 1], got {anchor!r}") from None
+        raise TRVAEError(f"anchor must be a number in [0, 1] or 'auto', got {anchor!r}") from None
     if not 0.0 <= value <= 1.0:
         raise TRVAEError(f"anchor must be in [0, 1], got {value}")
     if value > 0 and likelihood != "mse":
