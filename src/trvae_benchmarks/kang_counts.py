@@ -9,7 +9,9 @@ both conditions), the stimulated cells of that type are removed and
 2. the counts of those genes are log-normalised with :func:`log_normalize`
    (``normalize_total(target_sum=1e4)`` over the selected genes, then ``log1p``);
 3. an NB and a ZINB trVAE are trained on the counts and an MSE trVAE on the log-normalised
-   values: same cells, same train/validation split, seed, architecture and epoch budget;
+   values: same cells, same train/validation split, seed, architecture and epoch budget, each
+   with the cell types as ``mmd_group_key`` (what a user with cell-type labels gets; the MSE
+   model's ``anchor="auto"`` and level-aware mean shift need those groups);
 4. each predicts the held-out stimulated cells from that type's control cells with the decoder
    (``predict(mode="decode")``), as its mean (``return_mean=True``) and as one sample per cell
    from its likelihood (``return_mean=False``). NB/ZINB counts are log-normalised with the same
@@ -314,7 +316,7 @@ def _hold_out(run: _CountsRun, cell_type: str) -> Split:
 
 def _fit(run: _CountsRun, split: Split) -> dict[str, tuple[np.ndarray, float, float]]:
     """Fit the NB, ZINB and MSE networks and the baselines; read-out -> (prediction, s, MB)."""
-    condition_key, _, control, stimulated = run.keys
+    condition_key, cell_type_key, control, stimulated = run.keys
     preds: dict[str, tuple[np.ndarray, float, float]] = {}
     for lik in COUNT_LIKELIHOODS:
         torch.set_num_threads(run.n_threads)
@@ -323,7 +325,7 @@ def _fit(run: _CountsRun, split: Split) -> dict[str, tuple[np.ndarray, float, fl
             condition_key=condition_key,
             layer=None if lik == "mse" else "counts",
             likelihood=lik,
-            **run.model_kwargs,
+            **{"mmd_group_key": cell_type_key, **run.model_kwargs},
         )
         fit_s, rss_mb = timed_fit(model.train, **run.train_kw)
         for name, p in _predictions(model, split.ctrl, control, stimulated, run.seed).items():

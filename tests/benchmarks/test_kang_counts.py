@@ -9,6 +9,7 @@ import scanpy as sc
 from scipy import sparse
 
 from trvae._errors import TRVAEError
+from trvae_benchmarks import kang_counts
 from trvae_benchmarks.kang_counts import (
     hvg_flavor,
     log_normalize,
@@ -82,6 +83,14 @@ def test_counts_benchmark_writes_csv_and_report(counts, tmp_path, monkeypatch, c
         return hvg(adata, **kwargs)
 
     monkeypatch.setattr(sc.pp, "highly_variable_genes", spy)
+    group_keys = []
+
+    class Spied(kang_counts.TRVAE):
+        def __init__(self, adata, **kwargs):
+            group_keys.append(kwargs.get("mmd_group_key"))
+            super().__init__(adata, **kwargs)
+
+    monkeypatch.setattr(kang_counts, "TRVAE", Spied)
     out = tmp_path / "res"
     df = run_counts_benchmark(
         counts,
@@ -105,6 +114,8 @@ def test_counts_benchmark_writes_csv_and_report(counts, tmp_path, monkeypatch, c
     value = csv.set_index(["method", "cell_type", "metric"])["value"]
     for method in ("nb", "zinb", "mse"):
         assert np.isfinite(value[(method, "type0", "r2_mean_top100")])
+    # every network compares the conditions within cell types, as a user with labels would
+    assert group_keys == ["cell_type"] * 9
     # HVGs were chosen three times, each on the training cells only
     obs = counts.obs
     assert len(seen) == 3
