@@ -178,3 +178,10 @@ def test_train_prints_the_self_assessment(files, tmp_path, capsys):
     argv = ["predict", tmp_path / "m", data, "--target-condition", "stimulated", "--anchor", "1"]
     assert main([str(a) for a in [*argv, "--source-condition", "control", "--out", pred]]) == 0
     assert ad.read_h5ad(pred).uns["trvae_prediction"]["anchor"] == 1.0
+    argv[-1] = "auto"  # read off the training groups: one of the weights on the grid
+    auto = tmp_path / "auto.h5ad"
+    assert main([str(a) for a in [*argv, "--source-condition", "control", "--out", auto]]) == 0
+    assert ad.read_h5ad(auto).uns["trvae_prediction"]["anchor"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+    argv[-1] = "half"
+    assert main([str(a) for a in [*argv, "--out", tmp_path / "q.h5ad"]]) == 2
+    assert "expected a number in [0, 1] or auto, got 'half'" in capsys.readouterr().err
