@@ -171,6 +171,8 @@ def test_train_prints_the_self_assessment(files, tmp_path, capsys):
     assert main([str(a) for a in argv] + ["--group-key", "cell_type", "--assess-groups", "2"]) == 0
     out = capsys.readouterr().out
     assert "self-assessment (cell_type): beat the mean shift in" in out
+    # the automatic anchor, per pair of conditions (no --mmd-group-key here: ratio unknown)
+    assert "control -> stimulated: state ratio unknown" in out and "anchor 0.5 (50 %" in out
     assert "of 2 pseudo-held-out groups" in out
     saved = TRVAE.load(tmp_path / "m").init_params["anchor"]
     assert f"saved the chosen anchor {saved:g} with the model" in out

@@ -79,6 +79,15 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         f"trained {model!r} on {adata.n_obs} cells in {time.perf_counter() - start:.0f}s "
         f"({len(model.history)} epochs, best {best}); saved to {out}"
     )
+    if model.init_params["anchor"] == "auto":
+        for row in model.anchor_weights().itertuples():
+            ratio = (
+                f"state ratio {row.state_ratio:.2f}"
+                if row.state_ratio == row.state_ratio  # NaN: unknown
+                else "state ratio unknown (needs --mmd-group-key and 3 groups with both)"
+            )
+            meaning = _anchor_meaning(row.anchor)
+            print(f"{row.source} -> {row.target}: {ratio}, anchor {row.anchor:g} ({meaning})")
     if args.group_key is not None:  # the self-assessment: n_groups more fits, same budget
         choose = args.anchor is None  # an --anchor given is kept
         table = model.assess(
@@ -90,6 +99,15 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
             model.save(out, overwrite=True)
             print(f"saved the chosen anchor {model.init_params['anchor']:g} with the model")
     return 0
+
+
+def _anchor_meaning(weight: float) -> str:
+    """What an anchor weight means for the predicted mean responses, in words."""
+    if weight == 0:
+        return "the groups respond by their state: trVAE's own response"
+    if weight == 1:
+        return "the groups' states say little of their responses: the mean shift's response"
+    return f"{100 * (1 - weight):.0f} % trVAE's response, {100 * weight:.0f} % the mean shift's"
 
 
 def _predict(args: argparse.Namespace, argv: Sequence[str]) -> int:

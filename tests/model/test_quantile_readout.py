@@ -324,6 +324,10 @@ def test_auto_anchor_is_read_off_the_training_groups(synthetic_adata):
     info = pred.uns["trvae_prediction"]
     assert info["anchor"] == auto_anchor(ratio)
     assert info["state_ratio"] == {"control": pytest.approx(ratio)}
+    table = model.anchor_weights().set_index(["source", "target"])
+    assert table.loc[("control", "stimulated"), "state_ratio"] == pytest.approx(ratio)
+    assert table.loc[("control", "stimulated"), "anchor"] == auto_anchor(ratio)
+    assert len(table) == 2 and table["level_weight"].between(0, 1).all()
     fixed = model.predict(control, "stimulated", anchor=auto_anchor(ratio)).X
     np.testing.assert_array_equal(pred.X, fixed)
     np.testing.assert_array_equal(pred.X, model.predict(control, "stimulated", anchor="auto").X)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pandas as pd
 import torch
 
 from trvae._errors import TRVAEError
@@ -73,6 +74,46 @@ class ReadoutMixin:
         if anchor == "auto":
             return {s: shifts.auto_weight(s, target) for s in sources}
         return dict.fromkeys(sources, float(anchor))
+
+    def anchor_weights(self) -> pd.DataFrame:
+        """Per ordered pair of conditions: how far the training groups' responses follow their
+        state, and the anchor weight :meth:`predict` uses by default.
+
+        After training with ``mmd_group_key``. A state ratio near 1 (or above) says that groups
+        which look alike in the source condition do not respond alike: trVAE's departures from
+        the training data's mean shift are then extrapolation, and ``anchor="auto"`` takes the
+        mean shift's response (weight 1); well below 1 trVAE's own response is kept (weight 0).
+        The measure and the mapping: :mod:`trvae.module.anchor`.
+
+        Returns
+        -------
+        A DataFrame with one row per pair ``source`` != ``target``: ``state_ratio`` (NaN where
+        unknown: fewer than three groups with both conditions), ``anchor`` (the weight
+        :meth:`predict` uses by default: the model's ``anchor``, resolved when ``"auto"``) and
+        ``level_weight`` (how level-aware the mean shift is; NaN before training).
+
+        Examples
+        --------
+        >>> import trvae
+        >>> adata = trvae.datasets.simulate_perturbation("shared", n_genes=30, cells_per_group=20)
+        >>> model = trvae.TRVAE(adata, "condition", mmd_group_key="cell_type", n_hidden=(16,))
+        >>> _ = model.train(max_epochs=1, progress_bar=False, accelerator="cpu")
+        >>> model.anchor_weights().columns.tolist()
+        ['source', 'target', 'state_ratio', 'anchor', 'level_weight']
+        """
+        shifts = self.module.mean_shifts
+        columns = ["source", "target", "state_ratio", "anchor", "level_weight"]
+        rows = []
+        for s, source in enumerate(self.conditions_):
+            for t, target in enumerate(self.conditions_):
+                if s == t:
+                    continue
+                ratio = np.nan if shifts.state_ratio is None else float(shifts.state_ratio[s, t])
+                level = np.nan if shifts.level_weight is None else float(shifts.level_weight[s, t])
+                anchor = self._own_anchor(source, target) if shifts.built else np.nan
+                ratio = ratio if ratio >= 0 else np.nan  # negative: unknown
+                rows.append([source, target, ratio, anchor, level])
+        return pd.DataFrame(rows, columns=columns)
 
     def _own_anchor(self, source: str, target: str) -> float:
         """The anchor :meth:`predict` uses by default from condition ``source`` to ``target``."""
