@@ -237,9 +237,11 @@ def test_state_ratio_of_the_shifts_follows_how_the_groups_respond():
     shifts.set(*_one_cell_groups(ctrl, ctrl + 1 + noise), n_conditions=2)
     assert shifts.state_ratio[0, 1].item() >= AUTO_RATIOS[1] and shifts.auto_weight(0, 1) == 1.0
     assert shifts.state_ratio[0, 0].item() == UNKNOWN_RATIO  # a condition to itself
+    assert math.isnan(shifts.ratio(0, 0)) and shifts.ratio(0, 1) == shifts.state_ratio[0, 1].item()
     older = MeanShifts()  # saved before the state ratio: the fallback weight
     older.load_state_dict({k: v for k, v in shifts.state_dict().items() if k != "state_ratio"})
     assert older.state_ratio is None and older.auto_weight(0, 1) == AUTO_FALLBACK
+    assert math.isnan(older.ratio(0, 1))
     shifts.set(*_one_cell_groups(ctrl[:2], ctrl[:2] + 1), n_conditions=2)
     assert shifts.auto_weight(0, 1) == AUTO_FALLBACK  # two groups: unknown
 

@@ -274,15 +274,9 @@ class PredictionMixin:
             uns["trvae_prediction"]["level_weight"] = {
                 self.conditions_[s]: float(shifts.level_weight[s, target]) for s in sources
             }
-        ratios = (
-            {}
-            if shifts.state_ratio is None
-            else {self.conditions_[s]: float(shifts.state_ratio[s, target]) for s in sources}
-        )
-        if any(ratio >= 0 for ratio in ratios.values()):  # negative: unknown
-            uns["trvae_prediction"]["state_ratio"] = {
-                label: ratio if ratio >= 0 else float("nan") for label, ratio in ratios.items()
-            }
+        ratios = {self.conditions_[s]: shifts.ratio(s, target) for s in sources}
+        if any(np.isfinite(ratio) for ratio in ratios.values()):
+            uns["trvae_prediction"]["state_ratio"] = ratios
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             if out is not None:

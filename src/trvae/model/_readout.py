@@ -108,11 +108,9 @@ class ReadoutMixin:
             for t, target in enumerate(self.conditions_):
                 if s == t:
                     continue
-                ratio = np.nan if shifts.state_ratio is None else float(shifts.state_ratio[s, t])
                 level = np.nan if shifts.level_weight is None else float(shifts.level_weight[s, t])
                 anchor = self._own_anchor(source, target) if shifts.built else np.nan
-                ratio = ratio if ratio >= 0 else np.nan  # negative: unknown
-                rows.append([source, target, ratio, anchor, level])
+                rows.append([source, target, shifts.ratio(s, t), anchor, level])
         return pd.DataFrame(rows, columns=columns)
 
     def _own_anchor(self, source: str, target: str) -> float:

@@ -165,12 +165,18 @@ class MeanShifts(nn.Module):
         self.level_fold, self.level_weight = level_fold.float(), level_weight.float()
         self.state_ratio = ratio.float()
 
+    def ratio(self, source: int, target: int) -> float:
+        """The state ratio from condition ``source`` to ``target``; NaN where unknown (stored as
+        :data:`UNKNOWN_RATIO`, or not stored: a model saved before it existed)."""
+        if self.state_ratio is None:
+            return float("nan")
+        value = float(self.state_ratio[source, target])
+        return value if value >= 0 else float("nan")
+
     def auto_weight(self, source: int, target: int) -> float:
         """``anchor="auto"``'s weight from condition ``source`` to ``target``
-        (:func:`auto_anchor` of the stored state ratio)."""
-        if self.state_ratio is None:
-            return AUTO_FALLBACK
-        return auto_anchor(float(self.state_ratio[source, target]))
+        (:func:`auto_anchor` of :meth:`ratio`)."""
+        return auto_anchor(self.ratio(source, target))
 
     def weights(self, source: Tensor, target: int, anchor: float | Tensor) -> Tensor:
         """The mean shift's weight in each cell's (condition ``source``) predicted change to
