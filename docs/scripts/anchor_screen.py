@@ -35,7 +35,7 @@ def main(sets: str, out: str) -> None:
         model.train(progress_bar=False)
         for p, real in fold.real.items():
             codes = [model.conditions_.index(c) for c in (ds.control, p)]
-            ratio = float(model.module.mean_shifts.state_ratio[codes[0], codes[1]])
+            ratio = model.module.mean_shifts.ratio(*codes)
             degs = select_degs(real, fold.ctrl_x, fold.var_names, p, ds.control)
             preds = {
                 f"w={w}": dense(model.predict(fold.ctrl, target_condition=p, anchor=w).X)
