@@ -227,8 +227,8 @@ class MeanShifts(nn.Module):
             setattr(self, name, None if value is None else value.detach().float().contiguous())
         quiet = state_dict.get(prefix + "quiet")  # absent before trvae stored it: none quiet
         self.quiet = None if quiet is None else quiet.detach().bool().contiguous()
-        for name in ("level_fold", "level_weight", "state_ratio"):  # absent before: additive
-            # shift, the fallback anchor
+        # absent in models saved before they existed: the additive shift, the fallback anchor
+        for name in ("level_fold", "level_weight", "state_ratio"):
             value = state_dict.get(prefix + name)
             setattr(self, name, None if value is None else value.detach().float().contiguous())
         scale = state_dict.get(prefix + "scale")  # absent before trvae stored it: 1
