@@ -14,11 +14,12 @@ both conditions), the stimulated cells of that type are removed and
    model's ``anchor="auto"`` and level-aware mean shift need those groups);
 4. each predicts the held-out stimulated cells from that type's control cells with the decoder
    (``predict(mode="decode")``), as its mean (``return_mean=True``) and as one sample per cell
-   from its likelihood (``return_mean=False``). NB/ZINB counts are log-normalised with the same
+   from its likelihood (``return_mean=False``), and with its default read-out
+   (``mode="quantile"``) and the residual one. NB/ZINB counts are log-normalised with the same
    :func:`log_normalize` as the real cells. The library size of a predicted cell is that of the
    control cell it was carried from (its total count over the selected genes); after
    ``normalize_total`` it only matters for the samples (it sets their Poisson noise);
-5. every prediction, the MSE model's residual read-out and the ``mean_shift`` and ``control``
+5. every prediction and the ``mean_shift`` and ``control``
    baselines (on the log-normalised values) are scored with
    :func:`trvae.metrics.evaluate_prediction` on the top-100 DEGs of the real response (Wilcoxon,
    real stimulated vs control cells of the held-out type, log-normalised).
@@ -181,10 +182,12 @@ def _predictions(model: TRVAE, ctrl: AnnData, control: str, stimulated: str, see
             "mse-quantile": dense(quantile.X),
         }
     residual = model.predict(ctrl, stimulated, source_condition=control, mode="residual").X
+    quantile = model.predict(ctrl, stimulated, source_condition=control, mode="quantile", seed=seed)
     return {
         lik: dense(log_normalize(mean)),
         f"{lik}-sample": dense(log_normalize(sample)),
         f"{lik}-residual": dense(log_normalize(residual)),
+        f"{lik}-quantile": dense(log_normalize(quantile.X)),
     }
 
 
@@ -373,12 +376,13 @@ def _write_report(run: _CountsRun, df, runtime, dataset_name, command, quick) ->
 def winners(df: pd.DataFrame) -> pd.DataFrame:
     """Cell types (+ 'mean') x (metric, read-out): the best of NB, ZINB and MSE, with its value.
 
-    The mean read-outs (``nb``, ``zinb``, ``mse``) and the sampled ones (``*-sample``) are
-    compared separately.
+    The mean read-outs (``nb``, ``zinb``, ``mse``), the sampled ones (``*-sample``) and the
+    default ones (``*-quantile``) are compared separately.
     """
     readouts = {
         "mean": list(COUNT_LIKELIHOODS),
         "sample": [f"{m}-sample" for m in COUNT_LIKELIHOODS],
+        "quantile": [f"{m}-quantile" for m in COUNT_LIKELIHOODS],
     }
     columns = {}
     for metric, title, lower in WINNER_METRICS:
@@ -399,7 +403,8 @@ def winners(df: pd.DataFrame) -> pd.DataFrame:
                     col.append("–")
                     continue
                 best = values.idxmin() if lower else values.idxmax()
-                col.append(f"{best.removesuffix('-sample')} ({fmt(values[best])})")
+                name = best.removesuffix("-sample").removesuffix("-quantile")
+                col.append(f"{name} ({fmt(values[best])})")
             columns[f"{title} ({readout})"] = col
         index = sub.index
     return pd.DataFrame(columns, index=index)
@@ -422,8 +427,8 @@ def _report(run: _CountsRun, df, runtime, dataset_name, command, settings) -> st
         "## Which likelihood wins",
         "",
         "The best of `nb`, `zinb` and `mse` for each cell type, with its value; the mean "
-        "read-outs and the sampled read-outs compared separately. The `mean` row compares the "
-        "averages over cell types.",
+        "read-outs, the sampled read-outs and the default (quantile) read-outs compared "
+        "separately. The `mean` row compares the averages over cell types.",
         "",
         markdown(winners(df)),
         "",
@@ -475,9 +480,13 @@ def _protocol(run: _CountsRun) -> list[str]:
         f"- The library size of each predicted cell is that of the {control} cell it was "
         "carried from (its total count over the selected genes), which sets the Poisson noise "
         "of the NB/ZINB samples.",
-        "- `mse-residual`: the cell's own profile plus the decoder's change, and "
-        "`mse-quantile`: the MSE model's default read-out (each cell's rank carried into the "
-        "target condition's residual distribution); neither has a count-likelihood counterpart.",
+        "- `*-quantile`: each network's default read-out (`predict()`), which carries each "
+        "cell's rank: for NB/ZINB each count's randomized probability integral transform under "
+        "the source condition's distribution read off the target condition's (integer counts, "
+        "log-normalised like the real cells); for MSE each value's rank in the source "
+        "condition's residual distribution read off the target condition's.",
+        "- `*-residual`: the cell's own profile plus the decoder's change (expected counts for "
+        "NB/ZINB).",
         f"- `mean_shift` ({control} cells plus the mean response of the other cell types) and "
         f"`control` (the {control} cells unchanged), on the log-normalised values.",
         "",

@@ -19,8 +19,8 @@ from trvae_benchmarks.kang_counts import (
 )
 
 TINY = {"n_hidden": (16,), "n_latent": 4, "n_mmd": 8}
-READOUTS = {"nb", "nb-sample", "nb-residual", "zinb", "zinb-sample", "zinb-residual"}
-READOUTS |= {"mse", "mse-sample", "mse-residual", "mse-quantile"}
+READOUTS = {f"{lik}{r}" for lik in ("nb", "zinb", "mse") for r in ("", "-sample", "-residual")}
+READOUTS |= {"nb-quantile", "zinb-quantile", "mse-quantile"}
 
 
 @pytest.fixture
@@ -147,12 +147,15 @@ def test_winners_picks_the_best_likelihood():
         ("zinb", "A", "edist_pca", 1.0),
         ("mse", "A", "edist_pca", 2.0),
         ("control", "A", "r2_mean_top100", 0.9),  # baselines are not candidates
+        ("nb-quantile", "A", "wasserstein_top100", 0.4),
+        ("mse-quantile", "A", "wasserstein_top100", 0.6),
     ]
     df = pd.DataFrame(rows, columns=["method", "cell_type", "metric", "value"])
     table = winners(df)
     assert table.loc["A", "R² mean top-100 (mean)"] == "zinb (0.700)"
     assert table.loc["A", "E-distance PCA (mean)"] == "zinb (1.000)"
     assert table.loc["mean", "R² var top-100 (sample)"] == "–"
+    assert table.loc["A", "Wasserstein top-100 (quantile)"] == "nb (0.400)"
 
 
 def test_quick_and_errors(counts, tmp_path):

@@ -236,17 +236,21 @@ def test_backed_view_streams_its_rows(counts_file, backed):
     np.testing.assert_array_equal(model.get_latent(view), model.get_latent(in_memory))
 
 
-@pytest.mark.parametrize("return_mean", [True, False], ids=["mean", "sample"])
-def test_prediction_to_disk_equals_in_memory(counts_file, backed, tmp_path, return_mean):
+@pytest.mark.parametrize(
+    "mode, return_mean", [("decode", True), ("decode", False), ("auto", True)],
+    ids=["mean", "sample", "quantile"],
+)  # fmt: skip
+def test_prediction_to_disk_equals_in_memory(counts_file, backed, tmp_path, mode, return_mean):
     model = TRVAE(backed, condition_key="condition", **SMALL).train(max_epochs=1, **QUIET)
     control = backed[(backed.obs["condition"] == "control").to_numpy()]
-    kwargs = {"return_mean": return_mean, "seed": 4, "batch_size": 64}
+    kwargs = {"mode": mode, "return_mean": return_mean, "seed": 4, "batch_size": 64}
     want = model.predict(control, "stimulated", **kwargs)
     got = model.predict(control, "stimulated", out=tmp_path / "pred.h5ad", **kwargs)
     try:
         assert got.isbacked and got.shape == want.shape
         x = got.X[:]
-        assert sparse.issparse(x) == (not return_mean)  # count samples are stored sparse
+        counts = want.uns["trvae_prediction"]["values"] != "mean"
+        assert sparse.issparse(x) == counts  # count samples and quantiles are stored sparse
         np.testing.assert_array_equal(x.toarray() if sparse.issparse(x) else x, want.X)
         pd.testing.assert_frame_equal(got.obs, want.obs)
         pd.testing.assert_frame_equal(got.var, want.var)

@@ -326,17 +326,17 @@ def test_count_models_on_sparse_counts(counts, likelihood):
     assert adata.X is x and type(adata.X) is type(x) and sparse.issparse(adata.X)
     np.testing.assert_array_equal(adata.X.data, data_before)
 
-    means = model.predict(adata, "stimulated", return_mean=True).X
+    means = model.predict(adata, "stimulated", mode="decode", return_mean=True).X
     assert means.dtype == np.float32 and (means >= 0).all() and np.isfinite(means).all()
     assert not np.array_equal(means, np.round(means))
     # the decoder's mean keeps each cell's library size
     np.testing.assert_allclose(means.sum(1), _dense(adata.X).sum(1), rtol=1e-4)
-    samples = model.predict(adata, "stimulated", return_mean=False).X
+    samples = model.predict(adata, "stimulated", mode="decode", return_mean=False).X
     assert (samples >= 0).all()
     np.testing.assert_array_equal(samples, np.round(samples))
-    assert model.predict(adata, "stimulated", return_mean=False).uns["trvae_prediction"][
-        "values"
-    ] == ("sample")
+    assert model.predict(adata, "stimulated", mode="decode", return_mean=False).uns[
+        "trvae_prediction"
+    ]["values"] == ("sample")
     # residual read-out: each cell's counts plus the decoder's change, floored at 0
     x = _dense(adata.X)
     to_self = model.predict(adata, adata.obs["condition"].iloc[0], mode="decode").X

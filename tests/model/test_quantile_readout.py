@@ -126,13 +126,16 @@ def test_model_saved_without_tables(model, control, tmp_path):
     np.testing.assert_array_equal(pred.X, model.predict(control, "stimulated", mode="residual").X)
 
 
-def test_quantile_is_for_mse_only(synthetic_adata):
+def test_count_models_need_no_tables(synthetic_adata):
+    """NB/ZINB's quantile read-out (:mod:`trvae.module.count_quantile`) needs no tables: an
+    untrained count model predicts with it by default, and only the MSE read-out's anchor
+    applies to neither."""
     counts = synthetic_adata(n_cells_per_group=10, n_genes=10, n_cell_types=2, counts=True)
     nb = TRVAE(counts, condition_key="condition", likelihood="nb", **SMALL)
-    with pytest.raises(TRVAEError, match="mode='quantile' is for likelihood='mse'"):
-        nb.predict(counts, "stimulated", mode="quantile")
-    assert nb.predict(counts, "stimulated").uns["trvae_prediction"]["values"] == "mean"
+    assert nb.predict(counts, "stimulated").uns["trvae_prediction"]["values"] == "quantile"
     assert not nb.module.readout.built
+    with pytest.raises(TRVAEError, match="anchor applies to the quantile read-out of"):
+        nb.predict(counts, "stimulated", anchor=0.5)
     with pytest.raises(TRVAEError, match="'auto', 'decode', 'residual' or 'quantile'"):
         nb.predict(counts, "stimulated", mode="pit")
 

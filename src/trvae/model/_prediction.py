@@ -153,8 +153,8 @@ class PredictionMixin:
             reconstruction bias, which measurably improves both mean and variance R² (see the
             benchmark reports); ``return_mean`` does not apply to it. For NB/ZINB the result
             is expected counts (not integers).
-            ``"quantile"`` (MSE only): each cell keeps its *rank* rather than its deviation.
-            Its residual's level ``u`` under the source condition's residual distribution
+            ``"quantile"``: each cell keeps its *rank* rather than its deviation. MSE: its
+            residual's level ``u`` under the source condition's residual distribution
             (per gene, at the level of the decoder's mean; a value at the floor gets a seeded
             uniform level below the floor's mass) is read off the target condition's residual
             distribution at the target mean, ``max(x_min, m_t + Q_t(u + eta_g))``, with a
@@ -164,17 +164,23 @@ class PredictionMixin:
             variance R² 0.31 -> 0.57 on Kang (``docs/choosing-parameters.md``). Two passes
             over the cells; ``return_mean`` does not apply. Needs the tables that training
             stores in the model (:mod:`trvae.module.readout`): a model saved by an older
-            trvae has none (retrain it, or use ``"residual"``).
-            ``"auto"``: ``"quantile"`` for MSE (``"residual"``, with a warning, for a model
-            without tables), ``"decode"`` for NB/ZINB.
+            trvae has none (retrain it, or use ``"residual"``). NB/ZINB: each count's
+            randomized probability integral transform under the source condition's
+            distribution is read off the target condition's (:mod:`trvae.module.count_quantile`):
+            integer counts whose genes follow the model's target distribution, as samples do,
+            while each cell keeps its place in them: closer to real cells than samples or the
+            decoder's mean on Kang counts (``docs/choosing-parameters.md``).
+            ``"auto"``: ``"quantile"`` (for an MSE model without tables ``"residual"``, with a
+            warning).
         seed
-            Seed of the sampling when ``return_mean=False`` and of the floor levels of
+            Seed of the sampling when ``return_mean=False`` and of the levels of
             ``mode="quantile"`` (the same seed gives the same prediction; another seed changes
-            only the genes with values at the floor).
+            only the values at the floor for MSE, each count's level within its count for
+            NB/ZINB).
         out
             Write the prediction to this ``.h5ad`` file batch by batch instead of building it in
             memory, and return it opened backed (read-only; close it with ``.file.close()``).
-            X is CSR for count samples (NB/ZINB with ``return_mean=False``), dense float32
+            X is CSR for counts (NB/ZINB samples and quantile read-out), dense float32
             otherwise. The file is written beside ``out`` under a temporary name and renamed
             when complete (an existing ``out`` is replaced). Values equal the in-memory ones.
         accelerator
@@ -257,7 +263,9 @@ class PredictionMixin:
         var = adata.var.copy() if order is None else adata.var.iloc[order].copy()
         sources = torch.unique(data.conditions).tolist()
         anchors = self._anchor_weights(anchor, mode, sources, target)
-        if mode == "quantile":
+        if mode == "quantile" and likelihood != "mse":
+            fn = self._count_quantile_fn(target, seed)
+        elif mode == "quantile":
             fn = self._quantile_fn(data, target, seed, batch_size, accelerator, precision, anchors)
         values = mode if mode != "decode" else ("mean" if return_mean else "sample")
         uns = {
@@ -280,7 +288,7 @@ class PredictionMixin:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             if out is not None:
-                counts = values == "sample" and likelihood in V.COUNT_LIKELIHOODS
+                counts = values in ("sample", "quantile") and likelihood in V.COUNT_LIKELIHOODS
                 batches = self._outputs(data, fn, batch_size, accelerator, precision)
                 return self._write_prediction(batches, out, obs, var, uns, counts)
             pred = self._run(data, fn, batch_size, accelerator, precision)

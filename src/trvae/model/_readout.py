@@ -11,7 +11,7 @@ import torch
 
 from trvae._errors import TRVAEError
 from trvae.data.cell_data import CellData
-from trvae.module import readout
+from trvae.module import count_quantile, readout
 from trvae.module.anchor import check_anchor
 
 
@@ -27,7 +27,7 @@ class ReadoutMixin:
         built = self.module.readout.built
         if mode == "auto":
             if likelihood != "mse":
-                return "decode"
+                return "quantile"
             if built:
                 return "quantile"
             warnings.warn(
@@ -37,9 +37,7 @@ class ReadoutMixin:
                 stacklevel=3,
             )
             return "residual"
-        if mode == "quantile" and likelihood != "mse":
-            raise TRVAEError(f"mode='quantile' is for likelihood='mse', not {likelihood!r}")
-        if mode == "quantile" and not built:
+        if mode == "quantile" and likelihood == "mse" and not built:
             raise TRVAEError(
                 "this model has no quantile read-out tables (saved by an older trvae, or not "
                 "trained): retrain it, or predict with mode='residual'"
@@ -54,7 +52,8 @@ class ReadoutMixin:
         :meth:`~trvae.module.anchor.MeanShifts.auto_weight`."""
         shifts = self.module.mean_shifts
         if anchor is None:
-            anchor = self.init_params.get("anchor", 0.0) if mode == "quantile" else 0.0
+            mse_quantile = mode == "quantile" and self.init_params["likelihood"] == "mse"
+            anchor = self.init_params.get("anchor", 0.0) if mse_quantile else 0.0
             if anchor != 0 and not shifts.built:
                 warnings.warn(
                     "this model has no mean shifts to anchor to (saved by an older trvae): "
@@ -117,6 +116,23 @@ class ReadoutMixin:
         """The anchor :meth:`predict` uses by default from condition ``source`` to ``target``."""
         code = self._code(source)
         return self._anchor_weights(None, "quantile", [code], self._code(target))[code]
+
+    def _count_quantile_fn(self, target: int, seed: int):
+        """The batch function of ``mode="quantile"`` for NB/ZINB
+        (:mod:`trvae.module.count_quantile`): each batch's levels seeded by ``seed`` and the
+        number of its first cell."""
+        module, position = self.module, 0
+
+        def fn(x, c, lib):
+            nonlocal position
+            z = module.inference(x, c)["z_mean"]
+            source = module.generative(z, c, lib)
+            to = module.generative(z, torch.full_like(c, target), lib)
+            noise = readout.floor_noise(seed, position, tuple(x.shape), x.device)
+            position += len(x)
+            return count_quantile.transfer_counts(x, source, to, noise)
+
+        return fn
 
     def _quantile_fn(
         self,
