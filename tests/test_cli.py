@@ -108,6 +108,15 @@ def test_predict_selection(files, tmp_path, capsys):
         == 0
     )
     assert ad.read_h5ad(out).n_obs == 65
+    # the sample is the decoder's draw, the default the quantile read-out
+    sampled = ad.read_h5ad(out).uns["trvae_prediction"]["values"]
+    base = ["predict", model, data, "--target-condition", "control", "--out", out]
+    assert main([str(a) for a in base]) == 0
+    default = ad.read_h5ad(out).uns["trvae_prediction"]["values"]
+    assert main([str(a) for a in [*base, "--mode", "residual"]]) == 0
+    assert (sampled, default) == ("sample", "quantile")
+    assert ad.read_h5ad(out).uns["trvae_prediction"]["values"] == "residual"
+    _error(capsys, [str(a) for a in [*base, "--sample", "--mode", "residual"]], "--sample draws")
 
 
 def test_predict_on_a_chosen_accelerator(files, tmp_path, capsys):

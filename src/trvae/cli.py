@@ -135,10 +135,16 @@ def _predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 f"{args.source_condition!r} and {args.cell_type_key} == {args.cell_type!r}"
             )
         adata = adata[mask].copy()
+    mode = args.mode
+    if args.sample:
+        if mode not in ("auto", "decode"):
+            raise TRVAEError(f"--sample draws from the decoder: use it without --mode {mode}")
+        mode = "decode"
     pred = model.predict(
         adata,
         args.target_condition,
         source_condition=args.source_condition,
+        mode=mode,
         return_mean=not args.sample,
         **arg_kwargs(args, "seed", "accelerator", "precision"),
         **arg_kwargs(args, "anchor", given_only=True),
@@ -244,8 +250,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source-condition", help="only cells of this condition, encoded with it")
     p.add_argument("--cell-type-key", help="obs column with the cell type")
     p.add_argument("--cell-type", help="only cells of this cell type")
-    p.add_argument("--sample", action="store_true", help="sample from the likelihood")
-    p.add_argument("--seed", type=int, default=0, help="seed of --sample")
+    p.add_argument(
+        "--mode",
+        choices=["auto", "quantile", "residual", "decode"],
+        default="auto",
+        help="read-out (TRVAE.predict's mode; auto: quantile)",
+    )
+    p.add_argument(
+        "--sample",
+        action="store_true",
+        help="one draw per cell from the decoder's likelihood (implies --mode decode)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of --sample and of quantile levels")
     p.add_argument("--accelerator", default="auto", help="auto (default), cpu, gpu/cuda, mps")
     p.add_argument("--precision", **PRECISION_ARG)
     p.add_argument(
