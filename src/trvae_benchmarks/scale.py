@@ -13,9 +13,10 @@ The phases, each timed, with the peak resident memory (RSS) of the process durin
    split), with mini-batches read by the block-shuffled sampler of :mod:`trvae.data.cell_data`. The
    time includes :meth:`train`'s own pass over the training cells after the epoch.
 4. **predict**: the held-out pair is predicted from the control cells of its cell type, one NB
-   sample per cell (``return_mean=False``), written to ``<path stem>.pred.h5ad`` batch by batch
-   (``predict(..., out=...)``); then, as phase **residual**, the residual read-out
-   (``mode="residual"``: each control cell's counts plus the decoder's change) to
+   sample per cell (``mode="decode", return_mean=False``), written to
+   ``<path stem>.pred.h5ad`` batch by batch (``predict(..., out=...)``); then, as phase
+   **residual**, the residual read-out (``mode="residual"``: each control cell's counts plus
+   the decoder's change) to
    ``<path stem>.residual.h5ad``.
 5. **score**: the predicted counts are log-normalised (``normalize_total(1e4)`` + ``log1p``,
    the library size of each predicted cell is that of its source control cell) and their mean
@@ -207,8 +208,8 @@ def run_scale_bench(
             cells["train"] = int((~held).sum())
             with timed("predict"):
                 pred = model.predict(
-                    adata[source], STIMULATED, return_mean=False, seed=seed, out=pred_path,
-                    precision=precision,
+                    adata[source], STIMULATED, mode="decode", return_mean=False, seed=seed,
+                    out=pred_path, precision=precision,
                 )  # fmt: skip
             cells["predict"] = int(source.sum())
             with timed("residual"):
