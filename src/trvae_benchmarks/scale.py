@@ -16,8 +16,9 @@ The phases, each timed, with the peak resident memory (RSS) of the process durin
    sample per cell (``mode="decode", return_mean=False``), written to
    ``<path stem>.pred.h5ad`` batch by batch (``predict(..., out=...)``); then, as phase
    **residual**, the residual read-out (``mode="residual"``: each control cell's counts plus
-   the decoder's change) to
-   ``<path stem>.residual.h5ad``.
+   the decoder's change) to ``<path stem>.residual.h5ad``, and as phase **quantile** the
+   count models' default read-out (``mode="quantile"``: each count carried by its rank,
+   :mod:`trvae.module.count_quantile`) to ``<path stem>.quantile.h5ad``.
 5. **score**: the predicted counts are log-normalised (``normalize_total(1e4)`` + ``log1p``,
    the library size of each predicted cell is that of its source control cell) and their mean
    per gene is compared with the simulator's true mean of the held-out pair
@@ -160,6 +161,7 @@ def run_scale_bench(
     path = Path(path or f"trvae_scale_{n_cells}x{n_genes}.h5ad")
     pred_path = path.with_name(f"{path.stem}.pred.h5ad")
     residual_path = path.with_name(f"{path.stem}.residual.h5ad")
+    quantile_path = path.with_name(f"{path.stem}.quantile.h5ad")
     model_kwargs = {**SCALE_MODEL, **(model_kwargs or {})}
     times: dict[str, float] = {}
     cells: dict[str, int] = {}
@@ -218,12 +220,18 @@ def run_scale_bench(
                     precision=precision,
                 )  # fmt: skip
             cells["residual"] = int(source.sum())
+            with timed("quantile"):
+                quantile = model.predict(
+                    adata[source], STIMULATED, mode="quantile", seed=seed, out=quantile_path,
+                    precision=precision,
+                )  # fmt: skip
+            cells["quantile"] = int(source.sum())
             with timed("score"):
-                preds = {"trvae": pred, "trvae_residual": residual}
+                preds = {"trvae": pred, "trvae_residual": residual, "trvae_quantile": quantile}
                 scores = _score(adata, preds, held_out_type, held, source)
-            cells["score"] = int(3 * source.sum() + held.sum())
-            pred.file.close()
-            residual.file.close()
+            cells["score"] = int(4 * source.sum() + held.sum())
+            for prediction in preds.values():
+                prediction.file.close()
             adata.file.close()
     result = {
         "n_cells": n_cells,
@@ -305,6 +313,8 @@ def _report(r: dict, held_out_type: str) -> str:
         f"  trVAE (NB samples)    {r['r2_all_trvae']:.3f} / {r['r2_top_trvae']:.3f}",
         f"  trVAE (residual)      {r['r2_all_trvae_residual']:.3f} / "
         f"{r['r2_top_trvae_residual']:.3f}",
+        f"  trVAE (quantile)      {r['r2_all_trvae_quantile']:.3f} / "
+        f"{r['r2_top_trvae_quantile']:.3f}",
         f"  control (no response) {r['r2_all_control']:.3f} / {r['r2_top_control']:.3f}",
         f"  other types' response {r['r2_all_shift']:.3f} / {r['r2_top_shift']:.3f}",
         f"  real held-out cells   {r['r2_all_real']:.3f} / {r['r2_top_real']:.3f}",
@@ -313,6 +323,8 @@ def _report(r: dict, held_out_type: str) -> str:
         f"{r['response_r_top_trvae']:.3f}",
         f"  trVAE (residual)      {r['response_r_all_trvae_residual']:.3f} / "
         f"{r['response_r_top_trvae_residual']:.3f}",
+        f"  trVAE (quantile)      {r['response_r_all_trvae_quantile']:.3f} / "
+        f"{r['response_r_top_trvae_quantile']:.3f}",
         f"  other types' response {r['response_r_all_shift']:.3f} / "
         f"{r['response_r_top_shift']:.3f}",
         f"  real held-out cells   {r['response_r_all_real']:.3f} / {r['response_r_top_real']:.3f}",

@@ -313,7 +313,8 @@ def test_bench_scale_end_to_end(tmp_path, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "3,000 cells x 50 genes" in out and "peak RSS" in out and "trVAE (residual)" in out
-    for phase in ("write", "setup", "train", "predict", "residual", "score"):
+    assert "trVAE (quantile)" in out
+    for phase in ("write", "setup", "train", "predict", "residual", "quantile", "score"):
         assert f"\n{phase} " in out
     pred = ad.read_h5ad(tmp_path / "scale.pred.h5ad", backed="r")
     try:
@@ -328,6 +329,13 @@ def test_bench_scale_end_to_end(tmp_path, capsys):
         )
     finally:
         residual.file.close()
+    quantile = ad.read_h5ad(tmp_path / "scale.quantile.h5ad", backed="r")
+    try:
+        assert quantile.n_obs == pred.n_obs and quantile.uns["trvae_prediction"]["values"] == (
+            "quantile"
+        )
+    finally:
+        quantile.file.close()
     assert main(argv) == 0  # the file is reused
     assert "\nreuse " in capsys.readouterr().out
     assert main([*argv[:3], "4000", *argv[4:]]) == 2  # a file of another size is not replaced
