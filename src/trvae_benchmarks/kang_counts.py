@@ -18,7 +18,8 @@ both conditions), the stimulated cells of that type are removed and
    (``mode="quantile"``) and the residual one. NB/ZINB counts are log-normalised with the same
    :func:`log_normalize` as the real cells. The library size of a predicted cell is that of the
    control cell it was carried from (its total count over the selected genes); after
-   ``normalize_total`` it only matters for the samples (it sets their Poisson noise);
+   ``normalize_total`` it only matters for the samples and the quantile read-out (it sets
+   the Poisson noise of their counts);
 5. every prediction and the ``mean_shift`` and ``control``
    baselines (on the log-normalised values) are scored with
    :func:`trvae.metrics.evaluate_prediction` on the top-100 DEGs of the real response (Wilcoxon,
