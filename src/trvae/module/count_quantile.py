@@ -34,9 +34,16 @@ CORRECTION_STEPS = 2
 
 
 def nb_cdf(k: np.ndarray, mu: np.ndarray, theta: np.ndarray) -> np.ndarray:
-    """P(X <= k) for X ~ NB(mean ``mu``, inverse dispersion ``theta``); 0 for ``k < 0``."""
-    p = theta / (theta + mu)
-    return np.where(k < 0, 0.0, special.betainc(theta, np.maximum(k, 0.0) + 1.0, p))
+    """P(X <= k) for X ~ NB(mean ``mu``, inverse dispersion ``theta``) at integer ``k`` (same
+    shape as ``mu``): 0 below 0, ``(theta / (theta + mu))^theta`` at 0, the incomplete beta
+    function above (evaluated there only: most entries of sparse data are 0)."""
+    k, mu, theta = np.broadcast_arrays(k, mu, theta)
+    out = np.zeros(k.shape)
+    zero, above = k == 0, k >= 1
+    out[zero] = np.exp(theta[zero] * (np.log(theta[zero]) - np.log(theta[zero] + mu[zero])))
+    t = theta[above]
+    out[above] = special.betainc(t, k[above] + 1.0, t / (t + mu[above]))
+    return out
 
 
 def _parameters(gen: dict[str, Tensor]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -57,17 +64,31 @@ def count_cdf(k: np.ndarray, mu: np.ndarray, theta: np.ndarray, pi: np.ndarray |
 def count_quantile(u: np.ndarray, mu: np.ndarray, theta: np.ndarray, pi: np.ndarray | None):
     """The smallest ``k >= 0`` with ``P(X <= k) >= u`` under NB or ZINB (as :func:`count_cdf`).
 
-    scipy's NB quantile, then moved by up to :data:`CORRECTION_STEPS` counts each way until it
-    is exact for :func:`count_cdf` itself (the two differ in the last bits), so that a level
-    taken by :func:`count_cdf` maps back to its count.
+    0 where ``u`` is within the zero mass (most entries of sparse data: no search there);
+    elsewhere scipy's NB quantile, then moved by up to :data:`CORRECTION_STEPS` counts each way
+    until it is exact for :func:`count_cdf` itself (the two differ in the last bits), so that a
+    level taken by :func:`count_cdf` maps back to its count.
     """
+    k = np.zeros(np.shape(u))
+    rest = u > count_cdf(k, mu, theta, pi)
+    if not rest.any():
+        return k
+    u, mu, theta = u[rest], mu[rest], theta[rest]
+    pi = None if pi is None else pi[rest]
     level = u if pi is None else (u - pi) / (1.0 - pi)
     level = np.clip(level, LEVEL_MARGIN, 1.0 - LEVEL_MARGIN)
-    k = np.maximum(stats.nbinom.ppf(level, theta, theta / (theta + mu)), 0.0)
+    found = np.maximum(stats.nbinom.ppf(level, theta, theta / (theta + mu)), 0.0)
     for _ in range(CORRECTION_STEPS):
-        k -= (k > 0) & (count_cdf(k - 1.0, mu, theta, pi) >= u)
+        high = (found > 0) & (count_cdf(found - 1.0, mu, theta, pi) >= u)
+        found -= high
+        if not high.any():
+            break
     for _ in range(CORRECTION_STEPS):
-        k += count_cdf(k, mu, theta, pi) < u
+        low = count_cdf(found, mu, theta, pi) < u
+        found += low
+        if not low.any():
+            break
+    k[rest] = found
     return k
 
 
