@@ -322,20 +322,13 @@ def test_bench_scale_end_to_end(tmp_path, capsys):
         assert set(pred.obs["condition"]) == {"stimulated"}
     finally:
         pred.file.close()
-    residual = ad.read_h5ad(tmp_path / "scale.residual.h5ad", backed="r")
-    try:
-        assert residual.n_obs == pred.n_obs and residual.uns["trvae_prediction"]["values"] == (
-            "residual"
-        )
-    finally:
-        residual.file.close()
-    quantile = ad.read_h5ad(tmp_path / "scale.quantile.h5ad", backed="r")
-    try:
-        assert quantile.n_obs == pred.n_obs and quantile.uns["trvae_prediction"]["values"] == (
-            "quantile"
-        )
-    finally:
-        quantile.file.close()
+    for mode in ("residual", "quantile"):
+        other = ad.read_h5ad(tmp_path / f"scale.{mode}.h5ad", backed="r")
+        try:
+            assert other.n_obs == pred.n_obs
+            assert other.uns["trvae_prediction"]["values"] == mode
+        finally:
+            other.file.close()
     assert main(argv) == 0  # the file is reused
     assert "\nreuse " in capsys.readouterr().out
     assert main([*argv[:3], "4000", *argv[4:]]) == 2  # a file of another size is not replaced
