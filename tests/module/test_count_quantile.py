@@ -107,3 +107,20 @@ def test_predict_quantile_counts(likelihood):
     # to the cells' own condition: their counts back
     same = model.predict(ctrl, "control", mode="quantile", accelerator="cpu").X
     np.testing.assert_array_equal(same, ctrl.layers["counts"].toarray())
+
+
+def test_transfer_does_not_depend_on_the_threads():
+    rng = np.random.default_rng(2)
+    mu = rng.gamma(0.5, 4.0, (300, 20))
+    x = torch.from_numpy(rng.poisson(mu).astype(np.float32))
+    source, target = _gen(mu, np.full(20, 1.2)), _gen(mu * 2.0, np.full(20, 1.2))
+    noise = torch.from_numpy(rng.random((300, 20), dtype=np.float32))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = CQ.transfer_counts(x, source, target, noise)
+        torch.set_num_threads(3)  # three chunks of 100 cells
+        three = CQ.transfer_counts(x, source, target, noise)
+    finally:
+        torch.set_num_threads(before)
+    np.testing.assert_array_equal(one.numpy(), three.numpy())

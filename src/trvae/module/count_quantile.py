@@ -22,6 +22,8 @@ batch); the result is integer-valued float32 on the batch's device.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 from scipy import special, stats
@@ -31,6 +33,8 @@ from torch import Tensor
 LEVEL_MARGIN = 1e-12
 #: Steps each way that align scipy's quantile with :func:`count_cdf`.
 CORRECTION_STEPS = 2
+#: Each thread of :func:`transfer_counts` gets at least this many cells.
+MIN_THREAD_CELLS = 64
 
 
 def nb_cdf(k: np.ndarray, mu: np.ndarray, theta: np.ndarray) -> np.ndarray:
@@ -97,11 +101,27 @@ def transfer_counts(
 ) -> Tensor:
     """Counts ``x`` (cells x genes) carried from the ``source`` to the ``target`` distribution
     (the decoder's outputs, :meth:`~trvae.module.TRVAEModule.generative`) by rank; ``noise``:
-    ``V ~ U(0, 1)``, one per entry."""
-    counts = x.detach().double().cpu().numpy()
-    mu_s, theta_s, pi_s = _parameters(source)
+    ``V ~ U(0, 1)``, one per entry. The cells are split over ``torch.get_num_threads()``
+    threads (scipy's special functions release the GIL); the result does not depend on it."""
+    arrays = [x.detach().double().cpu().numpy(), noise.detach().double().cpu().numpy()]
+    for gen in (source, target):
+        arrays += _parameters(gen)
+    n_threads = max(1, min(torch.get_num_threads(), len(arrays[0]) // MIN_THREAD_CELLS))
+    chunks = np.array_split(np.arange(len(arrays[0])), n_threads)
+
+    def run(rows: np.ndarray) -> np.ndarray:
+        return _transfer(*(None if a is None else a[rows] for a in arrays))
+
+    if n_threads == 1:
+        out = run(chunks[0])
+    else:
+        with ThreadPoolExecutor(n_threads) as pool:
+            out = np.concatenate(list(pool.map(run, chunks)))
+    return torch.from_numpy(out.astype(np.float32)).to(x.device)
+
+
+def _transfer(counts, noise, mu_s, theta_s, pi_s, mu_t, theta_t, pi_t) -> np.ndarray:
+    """:func:`transfer_counts` on float64 arrays (``pi_*`` None for NB)."""
     below = count_cdf(counts - 1.0, mu_s, theta_s, pi_s)
     upto = count_cdf(counts, mu_s, theta_s, pi_s)
-    u = below + noise.detach().double().cpu().numpy() * (upto - below)
-    out = count_quantile(u, *_parameters(target))
-    return torch.from_numpy(out.astype(np.float32)).to(x.device)
+    return count_quantile(below + noise * (upto - below), mu_t, theta_t, pi_t)
