@@ -13,6 +13,7 @@ import datetime as dt
 import gc
 import os
 import platform
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -209,6 +210,12 @@ def timed_fit(fit: Callable, *args, rss: bool = True, **kwargs) -> tuple[float, 
     with PeakRSS() as peak:
         fit(*args, **kwargs)
     return time.perf_counter() - start, peak.increase_mb
+
+
+def slug(text: str) -> str:
+    """``text`` as a file-name part: runs of other characters than letters, digits, ``_.-``
+    become one ``_``."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_") or "x"
 
 
 def save_fig(fig, path: Path, **savefig_kwargs) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from trvae_benchmarks.common import (
     n_boots,
     run_lines,
     save_fig,
+    slug,
     software_line,
     summary_sections,
     summary_spec,
@@ -100,10 +100,6 @@ class _KangRun(HeldOutRun):
     @property
     def figdir(self) -> Path:
         return self.out / "figures"
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_") or "x"
 
 
 def run_benchmark(
@@ -300,19 +296,19 @@ def _cell_type_figures(
     """Mean and variance scatter (DEGs labelled) and violins of the top-3 DEGs; file names."""
     from trvae import pl
 
-    slug, title = _slug(cell_type), f"{method}, {cell_type}: predicted vs real {stimulated}"
+    name, title = slug(cell_type), f"{method}, {cell_type}: predicted vs real {stimulated}"
     return [
         save_fig(
             pl.mean_scatter(pred, real, var_names, degs, title=title),
-            figdir / f"{slug}_mean_scatter.png",
+            figdir / f"{name}_mean_scatter.png",
         ),
         save_fig(
             pl.var_scatter(pred, real, var_names, degs, title=title),
-            figdir / f"{slug}_var_scatter.png",
+            figdir / f"{name}_var_scatter.png",
         ),
         save_fig(
             pl.response_violin(ctrl_x, pred, real, var_names, degs[:3]),
-            figdir / f"{slug}_violin.png",
+            figdir / f"{name}_violin.png",
         ),
     ]
 
@@ -323,7 +319,7 @@ def _response_figures(run: _KangRun, split: Split, genes, lfc_preds, embeddings)
 
     condition_key, cell_type_key, _, stimulated = run.keys
     cell_type = split.cell_type
-    slug = _slug(cell_type)
+    name = slug(cell_type)
     if lfc_preds:
         run.response_figs[cell_type] = save_fig(
             pl.logfc_scatter(
@@ -333,7 +329,7 @@ def _response_figures(run: _KangRun, split: Split, genes, lfc_preds, embeddings)
                 genes,
                 title=f"{cell_type}: response genes, predicted vs real logFC",
             ),
-            run.figdir / f"{slug}_logfc.png",
+            run.figdir / f"{name}_logfc.png",
         )
     if run.umap and embeddings:
         run.latent_figs[cell_type] = save_fig(
@@ -344,7 +340,7 @@ def _response_figures(run: _KangRun, split: Split, genes, lfc_preds, embeddings)
                 seed=run.seed,
                 title=f"held out: {stimulated} {cell_type}",
             ),
-            run.figdir / f"{slug}_latent_umap.png",
+            run.figdir / f"{name}_latent_umap.png",
         )
 
 

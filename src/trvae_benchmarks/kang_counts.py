@@ -58,6 +58,8 @@ from trvae_benchmarks.common import (
     markdown,
     n_boots,
     run_lines,
+    save_fig,
+    slug,
     software_line,
     summary_sections,
     summary_spec,
@@ -77,6 +79,8 @@ __all__ = [
 ]
 
 COUNT_LIKELIHOODS = ("nb", "zinb", "mse")
+#: Read-outs whose violins (control / predicted / real, top-3 DEGs) go to ``figures/``.
+VIOLIN_READOUTS = ("nb-quantile", "mse-quantile")
 BASELINES = ("mean_shift", "control")
 N_HVG, MIN_CELLS, TARGET_SUM = 2000, 20, 1e4
 #: ``quick=True``: NK only, 8 epochs, about 1 minute.
@@ -343,12 +347,20 @@ def _fit(run: _CountsRun, split: Split) -> dict[str, tuple[np.ndarray, float, fl
 
 
 def _score_cell_type(run: _CountsRun, cell_type: str) -> Split:
-    """Hold out ``cell_type``, fit every network and baseline, score every read-out."""
+    """Hold out ``cell_type``, fit every network and baseline, score every read-out, and draw
+    the violins of the default read-outs (:data:`VIOLIN_READOUTS`)."""
+    from trvae import pl
+
     split = _hold_out(run, cell_type)
     for name, (p, fit_s, rss_mb) in _fit(run, split).items():
         scores = run.evaluate(p, split)
         scores.update(fit_seconds=fit_s, fit_peak_rss_mb=rss_mb)
         run.add(name, cell_type, scores)
+        if name in VIOLIN_READOUTS:
+            save_fig(
+                pl.response_violin(split.ctrl_x, p, split.real, split.var_names, split.degs[:3]),
+                run.out / "figures" / f"{slug(cell_type)}_{name}_violin.png",
+            )
     return split
 
 
@@ -443,6 +455,10 @@ def _report(run: _CountsRun, df, runtime, dataset_name, command, settings) -> st
         "## Files",
         "",
         "- `metrics.csv`: every metric, long format (method, cell_type, metric, value).",
+        "- `figures/<cell type>_<read-out>_violin.png`: control / predicted / real expression "
+        "(log-normalised) of the top-3 response genes, for "
+        + " and ".join(f"`{r}`" for r in VIOLIN_READOUTS)
+        + " (the NB and the MSE default read-outs).",
         "",
     ]
     return "\n".join(lines)

@@ -11,6 +11,7 @@ from scipy import sparse
 from trvae._errors import TRVAEError
 from trvae_benchmarks import kang_counts
 from trvae_benchmarks.kang_counts import (
+    VIOLIN_READOUTS,
     hvg_flavor,
     log_normalize,
     run_counts_benchmark,
@@ -122,6 +123,10 @@ def test_counts_benchmark_writes_csv_and_report(counts, tmp_path, monkeypatch, c
     for cells, cell_type in zip(seen, ["type0", "type1", "type2"], strict=True):
         held = set(obs.index[(obs.cell_type == cell_type) & (obs.condition == "stimulated")])
         assert cells == set(obs.index) - held
+
+    # violins of the NB and the MSE default read-outs, one per held-out type
+    violins = sorted(p.name for p in (out / "figures").iterdir())
+    assert violins == sorted(f"type{t}_{r}_violin.png" for t in range(3) for r in VIOLIN_READOUTS)
 
     report = (out / "report.md").read_text()
     for text in (
