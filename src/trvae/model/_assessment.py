@@ -138,19 +138,19 @@ class AssessmentMixin:
         table = pd.DataFrame(rows)
         ranks = _anchor_ranks(table)
         current = float(table.loc[table["own"], "anchor"].median())
-        chosen = table["own"].to_numpy()
+        kept = table["own"].to_numpy()  # the rows the verdict and the interval scale are of
         best = current
         if choose_anchor and grid and len(ranks) > 1:
             nearest = sorted(ranks.index, key=lambda w: (ranks[w], abs(w - current)))
             best = float(nearest[0])
             self.init_params["anchor"] = best
-            chosen = (table["anchor"] == best).to_numpy()
-        scale = _interval_scale([ratio for ratio, keep in zip(ratios, chosen, strict=True) if keep])
+            kept = (table["anchor"] == best).to_numpy()
+        scale = _interval_scale([ratio for ratio, keep in zip(ratios, kept, strict=True) if keep])
         if calibrate and np.isfinite(scale) and scale > 0:
             self.module.mean_shifts.set_scale(scale)
         table.attrs["anchor"], table.attrs["anchor_ranks"] = best, ranks.to_dict()
         table.attrs["interval_scale"] = scale
-        verdict = _verdict(table[chosen], best, best != current)
+        verdict = _verdict(table[kept], best, best != current)
         table.attrs["verdict"] = verdict + _interval_note(scale, calibrate)
         self.assessment_ = table
         return table

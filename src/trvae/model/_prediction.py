@@ -251,11 +251,11 @@ class PredictionMixin:
         module = self.module
 
         def fn(x, c, lib):
+            if mode == "residual":
+                source, to = self._both_conditions(x, c, lib, target)
+                return (x + (to["mean"] - source["mean"])).clamp_min(module.x_min)
             z = module.inference(x, c)["z_mean"]
             gen = module.generative(z, torch.full_like(c, target), lib)
-            if mode == "residual":
-                change = gen["mean"] - module.generative(z, c, lib)["mean"]
-                return (x + change).clamp_min(module.x_min)
             return gen["mean"] if return_mean else module.sample(gen)
 
         obs = self._target_obs(adata, target)

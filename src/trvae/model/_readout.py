@@ -117,17 +117,22 @@ class ReadoutMixin:
         code = self._code(source)
         return self._anchor_weights(None, "quantile", [code], self._code(target))[code]
 
+    def _both_conditions(self, x, c, lib, target: int) -> tuple[dict, dict]:
+        """The decoder's outputs at each cell's posterior mean of z, with its own condition
+        ``c`` and with condition code ``target``."""
+        z = self.module.inference(x, c)["z_mean"]
+        to = torch.full_like(c, target)
+        return self.module.generative(z, c, lib), self.module.generative(z, to, lib)
+
     def _count_quantile_fn(self, target: int, seed: int):
         """The batch function of ``mode="quantile"`` for NB/ZINB
         (:mod:`trvae.module.count_quantile`): each batch's levels seeded by ``seed`` and the
         number of its first cell."""
-        module, position = self.module, 0
+        position = 0
 
         def fn(x, c, lib):
             nonlocal position
-            z = module.inference(x, c)["z_mean"]
-            source = module.generative(z, c, lib)
-            to = module.generative(z, torch.full_like(c, target), lib)
+            source, to = self._both_conditions(x, c, lib, target)
             noise = readout.floor_noise(seed, position, tuple(x.shape), x.device)
             position += len(x)
             return count_quantile.transfer_counts(x, source, to, noise)
@@ -163,9 +168,7 @@ class ReadoutMixin:
 
         def levels(x, c, lib, start):
             """Each entry's source level u, the source and the target means."""
-            z = module.inference(x, c)["z_mean"]
-            source = module.generative(z, c, lib)["mean"]
-            to = module.generative(z, torch.full_like(c, target), lib)["mean"]
+            source, to = (gen["mean"] for gen in self._both_conditions(x, c, lib, target))
             noise = readout.floor_noise(seed, start, tuple(x.shape), x.device)
             u = tables.source_levels(x, source, c, module.x_min, noise)
             return u, source, to
