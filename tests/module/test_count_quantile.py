@@ -33,6 +33,28 @@ def test_nb_cdf_by_hand():
     )
 
 
+def test_survival_function_by_hand_and_in_the_far_tail():
+    # geometric (theta = 1, mu = 2): P(X > k) = (2/3)^(k + 1)
+    k = np.array([-1.0, 0.0, 1.0, 100.0])
+    got = CQ.count_sf(k, np.full(4, 2.0), np.ones(4), None)
+    np.testing.assert_allclose(got, [1.0, 2 / 3, 4 / 9, (2 / 3) ** 101], rtol=1e-12)
+    assert 1.0 - CQ.count_cdf(k[3:], np.full(1, 2.0), np.ones(1), None)[0] == 0.0  # rounds off
+    zinb = CQ.count_sf(k, np.full(4, 2.0), np.ones(4), np.full(4, 0.25))
+    np.testing.assert_allclose(zinb, [1.0, 0.5, 1 / 3, 0.75 * (2 / 3) ** 101], rtol=1e-12)
+
+
+@pytest.mark.parametrize("pi", [None, 0.3])
+def test_upper_quantile_inverts_the_survival_function(pi):
+    k = np.arange(1.0, 200.0)
+    mu, theta = np.full_like(k, 2.0), np.full_like(k, 1.5)
+    zero = None if pi is None else np.full_like(k, pi)
+    above, from_k = CQ.count_sf(k - 1, mu, theta, zero), CQ.count_sf(k, mu, theta, zero)
+    inside = above - from_k > 1e-300
+    for frac in (0.001, 0.5, 0.999):
+        back = CQ.count_upper_quantile(above - frac * (above - from_k), mu, theta, zero)
+        np.testing.assert_array_equal(back[inside], k[inside])
+
+
 @pytest.mark.parametrize("pi", [None, 0.3])
 def test_quantile_inverts_the_cdf(pi):
     k = np.arange(0.0, 40.0)[:, None].repeat(3, 1)
@@ -59,6 +81,17 @@ def test_transfer_to_the_same_distribution_returns_the_counts(logits):
     out = CQ.transfer_counts(x, gen, gen, noise)
     assert out.dtype == torch.float32
     np.testing.assert_array_equal(out.numpy(), x.numpy())
+
+
+def test_outlier_counts_come_back_and_keep_their_order():
+    """Counts far in the tail of their fitted distribution (1 - F rounds to 0 in float64)
+    return unchanged to the same distribution and stay ordered when carried to another."""
+    x = torch.tensor([[0.0, 3.0, 40.0, 76.0, 150.0, 400.0]]).T
+    source = _gen(np.full((6, 1), 2.0), [5.0])
+    noise = torch.full((6, 1), 0.5)
+    np.testing.assert_array_equal(CQ.transfer_counts(x, source, source, noise).numpy(), x.numpy())
+    up = CQ.transfer_counts(x, source, _gen(np.full((6, 1), 6.0), [5.0]), noise).numpy()[:, 0]
+    assert (np.diff(up) > 0).all() and up[-1] > 400
 
 
 @pytest.mark.parametrize("zero_inflated", [False, True])

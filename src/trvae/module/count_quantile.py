@@ -16,8 +16,12 @@ So each predicted gene follows the target distribution of the model, as a sample
 a cell keeps its place in every gene's distribution. Transferring to the source condition
 itself returns ``x``. The NB CDF is the regularised incomplete beta function
 ``I_p(theta, k + 1)``, ``p = theta / (theta + mu)``; ZINB adds the zero mass ``pi``:
-``F = pi + (1 - pi) * F_NB``. Computed with scipy in float64 on the CPU (vectorised over the
-batch); the result is integer-valued float32 on the batch's device.
+``F = pi + (1 - pi) * F_NB``. A count in the far upper tail (``1 - F`` below :data:`TAIL`: an
+outlier under the fitted mean) is carried by its tail probability ``1 - u`` instead, from the
+survival function ``I_{1-p}(k + 1, theta)``: ``1 - F`` rounds to 0 in float64 there, and all
+such counts would read back one quantile.
+Computed with scipy in float64 on the CPU (vectorised over the batch); the result is
+integer-valued float32 on the batch's device.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from torch import Tensor
 LEVEL_MARGIN = 1e-12
 #: Steps each way that align scipy's quantile with :func:`count_cdf`.
 CORRECTION_STEPS = 2
+#: A count whose CDF is within this of 1 is carried by its tail probability (module docstring).
+TAIL = 1e-6
 #: Each thread of :func:`transfer_counts` gets at least this many cells.
 MIN_THREAD_CELLS = 64
 
@@ -65,6 +71,17 @@ def count_cdf(k: np.ndarray, mu: np.ndarray, theta: np.ndarray, pi: np.ndarray |
     return cdf if pi is None else np.where(k < 0, 0.0, pi + (1.0 - pi) * cdf)
 
 
+def count_sf(k: np.ndarray, mu: np.ndarray, theta: np.ndarray, pi: np.ndarray | None):
+    """P(X > k) under NB or ZINB (as :func:`count_cdf`), accurate where it is tiny; 1 for
+    ``k < 0``."""
+    k, mu, theta = np.broadcast_arrays(k, mu, theta)
+    out = np.ones(k.shape)
+    inside = k >= 0
+    t, m = theta[inside], mu[inside]
+    out[inside] = special.betainc(k[inside] + 1.0, t, m / (t + m))
+    return out if pi is None else np.where(k < 0, 1.0, (1.0 - pi) * out)
+
+
 def count_quantile(u: np.ndarray, mu: np.ndarray, theta: np.ndarray, pi: np.ndarray | None):
     """The smallest ``k >= 0`` with ``P(X <= k) >= u`` under NB or ZINB (as :func:`count_cdf`).
 
@@ -89,6 +106,35 @@ def count_quantile(u: np.ndarray, mu: np.ndarray, theta: np.ndarray, pi: np.ndar
             break
     for _ in range(CORRECTION_STEPS):
         low = count_cdf(found, mu, theta, pi) < u
+        found += low
+        if not low.any():
+            break
+    k[rest] = found
+    return k
+
+
+def count_upper_quantile(
+    tail: np.ndarray, mu: np.ndarray, theta: np.ndarray, pi: np.ndarray | None
+) -> np.ndarray:
+    """:func:`count_quantile` at ``u = 1 - tail`` given the tail probability ``tail``: the
+    smallest ``k >= 0`` with ``P(X > k) <= tail`` (:func:`count_sf`), exact as
+    :func:`count_quantile` is, also where ``1 - tail`` rounds to 1."""
+    k = np.zeros(np.shape(tail))
+    rest = count_sf(k, mu, theta, pi) > tail
+    if not rest.any():
+        return k
+    tail, mu, theta = tail[rest], mu[rest], theta[rest]
+    pi = None if pi is None else pi[rest]
+    level = tail if pi is None else tail / (1.0 - pi)
+    level = np.clip(level, np.finfo(float).tiny, 1.0 - LEVEL_MARGIN)
+    found = np.maximum(stats.nbinom.isf(level, theta, theta / (theta + mu)), 0.0)
+    for _ in range(CORRECTION_STEPS):
+        high = (found > 0) & (count_sf(found - 1.0, mu, theta, pi) <= tail)
+        found -= high
+        if not high.any():
+            break
+    for _ in range(CORRECTION_STEPS):
+        low = count_sf(found, mu, theta, pi) > tail
         found += low
         if not low.any():
             break
@@ -124,4 +170,19 @@ def _transfer(counts, noise, mu_s, theta_s, pi_s, mu_t, theta_t, pi_t) -> np.nda
     """:func:`transfer_counts` on float64 arrays (``pi_*`` None for NB)."""
     below = count_cdf(counts - 1.0, mu_s, theta_s, pi_s)
     upto = count_cdf(counts, mu_s, theta_s, pi_s)
-    return count_quantile(below + noise * (upto - below), mu_t, theta_t, pi_t)
+    u = below + noise * (upto - below)
+    upper = (counts >= 1) & (upto > 1.0 - TAIL)  # carried as tail probabilities
+    out = count_quantile(u, mu_t, theta_t, pi_t)
+    if not upper.any():
+        return out
+    source = _at(upper, mu_s, theta_s, pi_s)
+    k, v = counts[upper], noise[upper]
+    above, from_k = count_sf(k - 1.0, *source), count_sf(k, *source)
+    tail = above - v * (above - from_k)  # 1 - u, from the survival function
+    out[upper] = count_upper_quantile(tail, *_at(upper, mu_t, theta_t, pi_t))
+    return out
+
+
+def _at(mask: np.ndarray, mu: np.ndarray, theta: np.ndarray, pi: np.ndarray | None) -> tuple:
+    """The distribution parameters of the entries ``mask``."""
+    return mu[mask], theta[mask], None if pi is None else pi[mask]
