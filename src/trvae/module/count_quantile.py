@@ -90,27 +90,7 @@ def count_quantile(u: np.ndarray, mu: np.ndarray, theta: np.ndarray, pi: np.ndar
     until it is exact for :func:`count_cdf` itself (the two differ in the last bits), so that a
     level taken by :func:`count_cdf` maps back to its count.
     """
-    k = np.zeros(np.shape(u))
-    rest = u > count_cdf(k, mu, theta, pi)
-    if not rest.any():
-        return k
-    u, mu, theta = u[rest], mu[rest], theta[rest]
-    pi = None if pi is None else pi[rest]
-    level = u if pi is None else (u - pi) / (1.0 - pi)
-    level = np.clip(level, LEVEL_MARGIN, 1.0 - LEVEL_MARGIN)
-    found = np.maximum(stats.nbinom.ppf(level, theta, theta / (theta + mu)), 0.0)
-    for _ in range(CORRECTION_STEPS):
-        high = (found > 0) & (count_cdf(found - 1.0, mu, theta, pi) >= u)
-        found -= high
-        if not high.any():
-            break
-    for _ in range(CORRECTION_STEPS):
-        low = count_cdf(found, mu, theta, pi) < u
-        found += low
-        if not low.any():
-            break
-    k[rest] = found
-    return k
+    return _smallest_count(u, mu, theta, pi, upper=False)
 
 
 def count_upper_quantile(
@@ -119,24 +99,43 @@ def count_upper_quantile(
     """:func:`count_quantile` at ``u = 1 - tail`` given the tail probability ``tail``: the
     smallest ``k >= 0`` with ``P(X > k) <= tail`` (:func:`count_sf`), exact as
     :func:`count_quantile` is, also where ``1 - tail`` rounds to 1."""
-    k = np.zeros(np.shape(tail))
-    rest = count_sf(k, mu, theta, pi) > tail
+    return _smallest_count(tail, mu, theta, pi, upper=True)
+
+
+def _smallest_count(level, mu, theta, pi, upper: bool) -> np.ndarray:
+    """The smallest ``k >= 0`` with ``count_cdf(k) >= level`` or, with ``upper``,
+    ``count_sf(k) <= level``: scipy's NB quantile (or inverse survival function) as the guess,
+    corrected to be exact for this module's own functions."""
+
+    def reached(k, level, mu, theta, pi):
+        if upper:
+            return count_sf(k, mu, theta, pi) <= level
+        return count_cdf(k, mu, theta, pi) >= level
+
+    k = np.zeros(np.shape(level))
+    rest = ~reached(k, level, mu, theta, pi)
     if not rest.any():
         return k
-    tail, mu, theta = tail[rest], mu[rest], theta[rest]
+    level, mu, theta = level[rest], mu[rest], theta[rest]
     pi = None if pi is None else pi[rest]
-    level = tail if pi is None else tail / (1.0 - pi)
-    level = np.clip(level, np.finfo(float).tiny, 1.0 - LEVEL_MARGIN)
-    found = np.maximum(stats.nbinom.isf(level, theta, theta / (theta + mu)), 0.0)
+    if pi is None:
+        nb_level = level
+    else:
+        nb_level = level / (1.0 - pi) if upper else (level - pi) / (1.0 - pi)
+    low = np.finfo(float).tiny if upper else LEVEL_MARGIN
+    nb_level = np.clip(nb_level, low, 1.0 - LEVEL_MARGIN)
+    inverse = stats.nbinom.isf if upper else stats.nbinom.ppf
+    found = np.maximum(inverse(nb_level, theta, theta / (theta + mu)), 0.0)
+    params = (level, mu, theta, pi)
     for _ in range(CORRECTION_STEPS):
-        high = (found > 0) & (count_sf(found - 1.0, mu, theta, pi) <= tail)
+        high = (found > 0) & reached(found - 1.0, *params)
         found -= high
         if not high.any():
             break
     for _ in range(CORRECTION_STEPS):
-        low = count_sf(found, mu, theta, pi) > tail
-        found += low
-        if not low.any():
+        short = ~reached(found, *params)
+        found += short
+        if not short.any():
             break
     k[rest] = found
     return k
