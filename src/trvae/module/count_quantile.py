@@ -27,6 +27,7 @@ integer-valued float32 on the batch's device.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -46,13 +47,14 @@ MIN_THREAD_CELLS = 64
 def nb_cdf(k: np.ndarray, mu: np.ndarray, theta: np.ndarray) -> np.ndarray:
     """P(X <= k) for X ~ NB(mean ``mu``, inverse dispersion ``theta``) at integer ``k`` (same
     shape as ``mu``): 0 below 0, ``(theta / (theta + mu))^theta`` at 0, the incomplete beta
-    function above (evaluated there only: most entries of sparse data are 0)."""
+    function above (evaluated there only: most entries of sparse data are 0). The value at 0
+    is computed for every entry, then overwritten: cheaper than selecting the zeros."""
     k, mu, theta = np.broadcast_arrays(k, mu, theta)
-    out = np.zeros(k.shape)
-    zero, above = k == 0, k >= 1
-    out[zero] = np.exp(theta[zero] * (np.log(theta[zero]) - np.log(theta[zero] + mu[zero])))
+    out = np.exp(theta * (np.log(theta) - np.log(theta + mu)))
+    above = k >= 1
     t = theta[above]
     out[above] = special.betainc(t, k[above] + 1.0, t / (t + mu[above]))
+    out[k < 0] = 0.0
     return out
 
 
@@ -152,9 +154,10 @@ def transfer_counts(
     for gen in (source, target):
         arrays += _parameters(gen)
     n_threads = max(1, min(torch.get_num_threads(), len(arrays[0]) // MIN_THREAD_CELLS))
-    chunks = np.array_split(np.arange(len(arrays[0])), n_threads)
+    bounds = np.linspace(0, len(arrays[0]), n_threads + 1).astype(int)
+    chunks = [slice(a, b) for a, b in pairwise(bounds)]
 
-    def run(rows: np.ndarray) -> np.ndarray:
+    def run(rows: slice) -> np.ndarray:  # views, not copies
         return _transfer(*(None if a is None else a[rows] for a in arrays))
 
     if n_threads == 1:
