@@ -19,9 +19,8 @@ itself returns ``x``. The NB CDF is the regularised incomplete beta function
 ``F = pi + (1 - pi) * F_NB``. A count in the far upper tail (``1 - F`` below :data:`TAIL`: an
 outlier under the fitted mean) is carried by its tail probability ``1 - u`` instead, from the
 survival function ``I_{1-p}(k + 1, theta)``: ``1 - F`` rounds to 0 in float64 there, and all
-such counts would read back one quantile.
-Computed with scipy in float64 on the CPU (vectorised over the batch); the result is
-integer-valued float32 on the batch's device.
+such counts would read back one quantile. Computed with scipy in float64 on the CPU
+(vectorised over the batch); the result is integer-valued float32 on the batch's device.
 """
 
 from __future__ import annotations
@@ -174,7 +173,7 @@ def _transfer(counts, noise, mu_s, theta_s, pi_s, mu_t, theta_t, pi_t) -> np.nda
     upto = count_cdf(counts, mu_s, theta_s, pi_s)
     u = below + noise * (upto - below)
     upper = (counts >= 1) & (upto > 1.0 - TAIL)  # carried as tail probabilities
-    out = count_quantile(u, mu_t, theta_t, pi_t)
+    out = count_quantile(u, mu_t, theta_t, pi_t)  # the tail entries' are replaced below
     if not upper.any():
         return out
     source = _at(upper, mu_s, theta_s, pi_s)
