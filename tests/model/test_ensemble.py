@@ -1,4 +1,4 @@
-"""TRVAEEnsemble: members across seeds, averaged predictions, per-gene uncertainty, save/load."""
+"""TRVAEEnsemble: members across seeds, combined predictions, per-gene uncertainty, save/load."""
 
 from __future__ import annotations
 
@@ -31,11 +31,12 @@ def test_members_differ_only_in_seed(ensemble):
 
 def test_prediction_is_the_member_mean_with_its_spread(ensemble, adata):
     control = adata[adata.obs["condition"] == "control"]
-    pred = ensemble.predict(control, "stimulated", accelerator="cpu")
+    pred = ensemble.predict(control, "stimulated", combine="average", accelerator="cpu")
     members = np.stack(
         [m.predict(control, "stimulated", accelerator="cpu").X for m in ensemble.members]
     )
     np.testing.assert_allclose(pred.X, members.mean(0), rtol=1e-5, atol=1e-6)
+    assert pred.uns["trvae_ensemble"]["combine"] == "average"
     assert pred.layers["trvae_sd"].shape == control.shape
     np.testing.assert_allclose(pred.layers["trvae_sd"], members.std(0, ddof=1), atol=1e-5)
     means = members.mean(1)  # members x genes
@@ -49,6 +50,25 @@ def test_prediction_is_the_member_mean_with_its_spread(ensemble, adata):
     )
     # no mmd_group_key: one group, so no spread between groups to make an interval from
     assert pred.var["trvae_response_sd"].isna().all() and pred.var["trvae_response_hi"].isna().all()
+
+
+def test_distribution_read_outs_are_pooled_as_a_mixture(ensemble, adata):
+    """The default read-out (quantile) takes cell i from member i mod 3, keeping the members'
+    spread; expected values (residual read-out) are averaged; the SD layer is the same."""
+    control = adata[adata.obs["condition"] == "control"]
+    members = np.stack(
+        [m.predict(control, "stimulated", accelerator="cpu").X for m in ensemble.members]
+    )
+    pred = ensemble.predict(control, "stimulated", accelerator="cpu")
+    assert pred.uns["trvae_ensemble"]["combine"] == "mixture"
+    rows = np.arange(control.n_obs)
+    np.testing.assert_array_equal(pred.X, members[rows % 3, rows])
+    assert pred.X.var(0).mean() > members.mean(0).var(0).mean()  # averaging narrows
+    np.testing.assert_allclose(pred.layers["trvae_sd"], members.std(0, ddof=1), atol=1e-5)
+    residual = ensemble.predict(control, "stimulated", mode="residual", accelerator="cpu")
+    assert residual.uns["trvae_ensemble"]["combine"] == "average"
+    with pytest.raises(TRVAEError, match="combine"):
+        ensemble.predict(control, "stimulated", combine="median", accelerator="cpu")
 
 
 def test_deterministic_and_save_load(ensemble, adata, tmp_path):
