@@ -35,8 +35,10 @@ from torch import Tensor
 
 #: Levels are kept this far inside (0, 1): the quantile at 1 is infinite.
 LEVEL_MARGIN = 1e-12
-#: Steps each way that align scipy's quantile with :func:`count_cdf`.
+#: Steps each way that align a guessed quantile with :func:`count_cdf`.
 CORRECTION_STEPS = 2
+#: Steps of the summed CDF that guesses a quantile before scipy's root search takes over.
+WALK_STEPS = 32
 #: A count whose CDF is within this of 1 is carried by its tail probability (module docstring).
 TAIL = 1e-6
 #: Each thread of :func:`transfer_counts` gets at least this many cells.
@@ -87,9 +89,9 @@ def count_quantile(u: np.ndarray, mu: np.ndarray, theta: np.ndarray, pi: np.ndar
     """The smallest ``k >= 0`` with ``P(X <= k) >= u`` under NB or ZINB (as :func:`count_cdf`).
 
     0 where ``u`` is within the zero mass (most entries of sparse data: no search there);
-    elsewhere scipy's NB quantile, then moved by up to :data:`CORRECTION_STEPS` counts each way
-    until it is exact for :func:`count_cdf` itself (the two differ in the last bits), so that a
-    level taken by :func:`count_cdf` maps back to its count.
+    elsewhere a guess (:func:`_walk_quantile`), then moved by up to :data:`CORRECTION_STEPS`
+    counts each way until it is exact for :func:`count_cdf` itself (the two differ in the last
+    bits), so that a level taken by :func:`count_cdf` maps back to its count.
     """
     return _smallest_count(u, mu, theta, pi, upper=False)
 
@@ -105,8 +107,8 @@ def count_upper_quantile(
 
 def _smallest_count(level, mu, theta, pi, upper: bool) -> np.ndarray:
     """The smallest ``k >= 0`` with ``count_cdf(k) >= level`` or, with ``upper``,
-    ``count_sf(k) <= level``: scipy's NB quantile (or inverse survival function) as the guess,
-    corrected to be exact for this module's own functions."""
+    ``count_sf(k) <= level``: :func:`_walk_quantile` (or scipy's inverse survival function)
+    as the guess, corrected to be exact for this module's own functions."""
 
     def reached(k, level, mu, theta, pi):
         if upper:
@@ -125,8 +127,10 @@ def _smallest_count(level, mu, theta, pi, upper: bool) -> np.ndarray:
         nb_level = level / (1.0 - pi) if upper else (level - pi) / (1.0 - pi)
     low = np.finfo(float).tiny if upper else LEVEL_MARGIN
     nb_level = np.clip(nb_level, low, 1.0 - LEVEL_MARGIN)
-    inverse = stats.nbinom.isf if upper else stats.nbinom.ppf
-    found = np.maximum(inverse(nb_level, theta, theta / (theta + mu)), 0.0)
+    if upper:
+        found = np.maximum(stats.nbinom.isf(nb_level, theta, theta / (theta + mu)), 0.0)
+    else:
+        found = _walk_quantile(nb_level, mu, theta)
     params = (level, mu, theta, pi)
     for _ in range(CORRECTION_STEPS):
         high = (found > 0) & reached(found - 1.0, *params)
@@ -140,6 +144,28 @@ def _smallest_count(level, mu, theta, pi, upper: bool) -> np.ndarray:
             break
     k[rest] = found
     return k
+
+
+def _walk_quantile(level: np.ndarray, mu: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """NB quantiles at ``level`` (a guess for :func:`_smallest_count`, which makes it exact):
+    the CDF summed up from 0 with the recursion ``P(k + 1) = P(k) (k + theta) / (k + 1) * mu /
+    (theta + mu)``, at most :data:`WALK_STEPS` steps; scipy's quantile beyond. Cheaper than
+    scipy's root search for the small counts that sparse data ask for."""
+    ratio = mu / (theta + mu)
+    pmf = np.exp(theta * (np.log(theta) - np.log(theta + mu)))
+    cdf = pmf.copy()
+    found = np.zeros(level.shape)
+    open_ = np.flatnonzero(cdf < level)
+    for k in range(1, WALK_STEPS + 1):
+        if not len(open_):
+            return found
+        pmf[open_] *= (k - 1 + theta[open_]) / k * ratio[open_]
+        cdf[open_] += pmf[open_]
+        found[open_] = k
+        open_ = open_[cdf[open_] < level[open_]]
+    if len(open_):
+        found[open_] = stats.nbinom.ppf(level[open_], theta[open_], 1.0 - ratio[open_])
+    return found
 
 
 def transfer_counts(
