@@ -81,9 +81,8 @@ class TRVAEEnsemble:
         the members. ``"mixture"``: cell ``i`` takes member ``i mod n_models``'s values, so X
         follows the members' predicted distributions pooled (their average as distributions)
         instead of narrowing them: where members disagree, averaging each cell shrinks the
-        spread a distribution read-out was built to give (on Kang counts the quantile
-        read-out's variance R² fell from 0.34 to 0.21 with 3 members, and stayed at 0.34 as a
-        mixture; ``docs/choosing-parameters.md``). ``"auto"`` (default): ``"mixture"`` for the
+        spread a distribution read-out was built to give (measured in
+        ``docs/choosing-parameters.md``). ``"auto"`` (default): ``"mixture"`` for the
         read-outs that return a distribution (``mode="quantile"``, which ``"auto"`` resolves
         to, and decoder samples, ``return_mean=False``), ``"average"`` for expected values
         (``mode="decode"`` means, ``mode="residual"``). ``uns["trvae_ensemble"]["combine"]``
