@@ -45,13 +45,18 @@ TAIL = 1e-6
 MIN_THREAD_CELLS = 64
 
 
+def _nb_zero(mu: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """P(X = 0) for X ~ NB(mean ``mu``, inverse dispersion ``theta``)."""
+    return np.exp(theta * (np.log(theta) - np.log(theta + mu)))
+
+
 def nb_cdf(k: np.ndarray, mu: np.ndarray, theta: np.ndarray) -> np.ndarray:
     """P(X <= k) for X ~ NB(mean ``mu``, inverse dispersion ``theta``) at integer ``k`` (same
     shape as ``mu``): 0 below 0, ``(theta / (theta + mu))^theta`` at 0, the incomplete beta
     function above (evaluated there only: most entries of sparse data are 0). The value at 0
     is computed for every entry, then overwritten: cheaper than selecting the zeros."""
     k, mu, theta = np.broadcast_arrays(k, mu, theta)
-    out = np.exp(theta * (np.log(theta) - np.log(theta + mu)))
+    out = _nb_zero(mu, theta)
     above = k >= 1
     t = theta[above]
     out[above] = special.betainc(t, k[above] + 1.0, t / (t + mu[above]))
@@ -152,7 +157,7 @@ def _walk_quantile(level: np.ndarray, mu: np.ndarray, theta: np.ndarray) -> np.n
     (theta + mu)``, at most :data:`WALK_STEPS` steps; scipy's quantile beyond. Cheaper than
     scipy's root search for the small counts that sparse data ask for."""
     ratio = mu / (theta + mu)
-    pmf = np.exp(theta * (np.log(theta) - np.log(theta + mu)))
+    pmf = _nb_zero(mu, theta)
     cdf = pmf.copy()
     found = np.zeros(level.shape)
     open_ = np.flatnonzero(cdf < level)
