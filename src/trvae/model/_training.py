@@ -51,7 +51,8 @@ class TrainingMixin:
         ----------
         max_epochs
             Upper bound on passes over the cells. Default (``None``): :func:`~trvae.train.plan.
-            epoch_budget`, enough epochs to show the network about 150,000 cells (10 to 200).
+            epoch_budget`, enough epochs to show the network about 150,000 cells (10 to 200;
+            twice as many epochs for NB / ZINB, at most 200).
         batch_size, lr, early_stopping, patience
             See :class:`~trvae.train.plan.TrainingPlan`; ``plan_kwargs`` sets its other fields.
         validation_fraction
@@ -108,7 +109,7 @@ class TrainingMixin:
             train_data.conditions.numpy(), validation_fraction, seed
         )
         if max_epochs is None:
-            max_epochs = epoch_budget(len(data))
+            max_epochs = epoch_budget(len(data), self.init_params["likelihood"])
         plan = TrainingPlan(
             max_epochs=max_epochs,
             batch_size=batch_size,
