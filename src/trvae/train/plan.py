@@ -39,10 +39,8 @@ def epoch_budget(n_cells: int, likelihood: str = "mse") -> int:
 
     Examples
     --------
-    >>> epoch_budget(4000), epoch_budget(100), epoch_budget(1_000_000)
-    (38, 200, 10)
-    >>> epoch_budget(4000, "nb")
-    76
+    >>> epoch_budget(4000), epoch_budget(100), epoch_budget(1_000_000), epoch_budget(4000, "nb")
+    (38, 200, 10, 76)
     """
     epochs = min(MAX_EPOCHS, max(MIN_EPOCHS, -(-CELL_BUDGET // max(int(n_cells), 1))))
     if likelihood != "mse":
