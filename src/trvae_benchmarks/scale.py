@@ -208,28 +208,22 @@ def run_scale_bench(
                     precision=precision,
                 )
             cells["train"] = int((~held).sum())
-            with timed("predict"):
-                pred = model.predict(
-                    adata[source], STIMULATED, mode="decode", return_mean=False, seed=seed,
-                    out=pred_path, precision=precision,
-                )  # fmt: skip
-            cells["predict"] = int(source.sum())
-            with timed("residual"):
-                residual = model.predict(
-                    adata[source], STIMULATED, mode="residual", out=residual_path,
-                    precision=precision,
-                )  # fmt: skip
-            cells["residual"] = int(source.sum())
-            with timed("quantile"):
-                quantile = model.predict(
-                    adata[source], STIMULATED, mode="quantile", seed=seed, out=quantile_path,
-                    precision=precision,
-                )  # fmt: skip
-            cells["quantile"] = int(source.sum())
+            readouts = {  # phase: (name in the scores, output file, predict's read-out)
+                "predict": ("trvae", pred_path, {"mode": "decode", "return_mean": False}),
+                "residual": ("trvae_residual", residual_path, {"mode": "residual"}),
+                "quantile": ("trvae_quantile", quantile_path, {"mode": "quantile"}),
+            }
+            preds = {}
+            for phase, (name, out, readout) in readouts.items():
+                with timed(phase):
+                    preds[name] = model.predict(
+                        adata[source], STIMULATED, seed=seed, out=out, precision=precision,
+                        **readout,
+                    )  # fmt: skip
+                cells[phase] = int(source.sum())
             with timed("score"):
-                preds = {"trvae": pred, "trvae_residual": residual, "trvae_quantile": quantile}
                 scores = _score(adata, preds, held_out_type, held, source)
-            cells["score"] = int(4 * source.sum() + held.sum())
+            cells["score"] = int((len(preds) + 1) * source.sum() + held.sum())
             for prediction in preds.values():
                 prediction.file.close()
             adata.file.close()
