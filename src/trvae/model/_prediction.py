@@ -128,6 +128,7 @@ class PredictionMixin:
         precision: str = "32",
         anchor: float | str | None = None,
         group_key: str | None = None,
+        match_depth: bool = True,
     ) -> AnnData:
         """Carry cells to ``target_condition``: encode with their condition, decode with the target.
 
@@ -206,6 +207,14 @@ class PredictionMixin:
             read-out's mean matching and the anchor) act within each group; the result, in
             ``adata``'s order, equals predicting every group separately. In memory only (no
             ``out``).
+        match_depth
+            MSE ``mode="quantile"`` on log-normalised counts: where the cells to predict lie at
+            another sequencing depth than a condition's training cells (read off each cell's
+            level of one count; a KS test at 1 %), that condition's residual tables are rebuilt
+            for this call from its training cells resampled to their depth
+            (:mod:`trvae.data.depth`; needs the model's training AnnData). Shallow cells hold
+            more zeros at the same level than deep ones. ``uns["trvae_prediction"]
+            ["depth_matched"]`` lists the conditions rebuilt. ``False``: the stored tables.
 
         Returns
         -------
@@ -240,7 +249,7 @@ class PredictionMixin:
             kwargs = {
                 "source_condition": source_condition, "return_mean": return_mean, "mode": mode,
                 "batch_size": batch_size, "seed": seed, "accelerator": accelerator,
-                "precision": precision, "anchor": anchor,
+                "precision": precision, "anchor": anchor, "match_depth": match_depth,
             }  # fmt: skip
             return self._predict_groups(adata, target_condition, group_key, out, kwargs)
         likelihood = self.init_params["likelihood"]
@@ -265,8 +274,16 @@ class PredictionMixin:
         anchors = self._anchor_weights(anchor, mode, sources, target)
         if mode == "quantile" and likelihood != "mse":
             fn = self._count_quantile_fn(target, seed)
-        elif mode == "quantile":
-            fn = self._quantile_fn(data, target, seed, batch_size, accelerator, precision, anchors)
+        matched = None
+        if mode == "quantile" and likelihood == "mse":
+            tables, matched = None, []
+            if match_depth:
+                tables, matched = self._depth_matched_tables(
+                    data, [*sources, target], seed, batch_size, precision
+                )
+            fn = self._quantile_fn(
+                data, target, seed, batch_size, accelerator, precision, anchors, tables
+            )
         values = mode if mode != "decode" else ("mean" if return_mean else "sample")
         uns = {
             "trvae_prediction": {
@@ -277,6 +294,8 @@ class PredictionMixin:
                 "anchor": _one_or_each(anchors, self.conditions_),
             }
         }
+        if matched is not None:
+            uns["trvae_prediction"]["depth_matched"] = matched
         shifts = module.mean_shifts
         if any(weight > 0 for weight in anchors.values()) and shifts.level_weight is not None:
             uns["trvae_prediction"]["level_weight"] = {

@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 
 from trvae._errors import TRVAEError
+from trvae.data import depth
 from trvae.data.cell_data import CellData
 from trvae.module import count_quantile, readout
 from trvae.module.anchor import check_anchor
@@ -148,6 +149,7 @@ class ReadoutMixin:
         accelerator,
         precision,
         anchors: dict[int, float] | None = None,
+        tables: readout.QuantileTables | None = None,
     ):
         """The batch function of ``mode="quantile"`` (:mod:`trvae.module.readout`), after its
         first pass: the per-gene shift that matches the residual read-out's mean (moved by
@@ -155,8 +157,10 @@ class ReadoutMixin:
         shift cannot reach is added to every value, then snapped), set on at most
         :data:`~trvae.module.readout.MATCH_CELLS` cells (all of them when fewer, then in the
         same batches with the same floor levels as the second pass). ``anchors``: the anchor
-        per source condition code (:meth:`_anchor_weights`; none: 0)."""
-        module, tables = self.module, self.module.readout
+        per source condition code (:meth:`_anchor_weights`; none: 0). ``tables``: default the
+        model's (:meth:`_depth_matched_tables` gives others)."""
+        module = self.module
+        tables = module.readout if tables is None else tables
         per_condition = torch.zeros(len(self.conditions_))
         for code, weight in (anchors or {}).items():
             per_condition[code] = weight
@@ -216,3 +220,70 @@ class ReadoutMixin:
             # alone gave a few cells extreme values)
             gap = reference - tables.target_values(u, to, cond, module.x_min, shift).mean(0)
         return batch_function(False)
+
+    def _depth_matched_tables(
+        self, data: CellData, conditions: list[int], seed: int, batch_size: int, precision: str
+    ) -> tuple[readout.QuantileTables | None, list[str]]:
+        """Read-out tables for the cells ``data`` built from training cells resampled to their
+        depth (:mod:`trvae.data.depth`) in each of ``conditions`` whose training cells lie at
+        another depth, and the names of those conditions; ``(None, [])`` when there are none,
+        the data are not log-normalised counts or the training data are not at hand.
+
+        The training cells are those of the model's AnnData (at most
+        :data:`~trvae.data.depth.POOL_CELLS` per condition, seeded), the cells ``data`` at
+        most as many; the tables of the other conditions are built as in training."""
+        if self.adata is None or float(self.module.x_min) != 0.0 or len(data) < 2:
+            return None, []
+        rng = np.random.default_rng([int(seed) % 2**63, 1])
+        reference = _sample(np.arange(len(data)), rng)
+        ref_depth, ref_counts = _depths(data, reference, batch_size)
+        if not ref_counts:
+            return None, []
+        train = self._cell_data(self.adata)
+        codes = train.conditions.numpy()
+        pools = [_sample(np.flatnonzero(codes == c), rng) for c in range(len(self.conditions_))]
+        every = np.concatenate(pools)
+        order = np.argsort(every, kind="stable")  # on-disk data are read in ascending rows
+        in_order, pool_counts = _depths(train, every[order], batch_size)
+        if not pool_counts:
+            return None, []
+        pool_depth = np.empty(len(every))
+        pool_depth[order] = in_order
+        per_condition, matched, start = [], [], 0
+        for code, cells in enumerate(pools):
+            own = pool_depth[start : start + len(cells)]
+            start += len(cells)
+            size = min(len(cells), readout.TABLE_CELLS)
+            if code in conditions and depth.depth_differs(own, ref_depth):
+                cells = np.sort(depth.resample_to_depth(cells, own, ref_depth, size, rng))
+                matched.append(self.conditions_[code])
+            elif len(cells) > size:
+                cells = np.sort(rng.choice(cells, size, replace=False))
+            per_condition.append(cells)
+        if not matched:
+            return None, []
+        edges, table, _ = self._readout_tables(train, per_condition, batch_size, precision)
+        tables = readout.QuantileTables()
+        tables.set(edges, table, self.module.readout.detection)
+        return tables, matched
+
+
+def _sample(cells: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """At most :data:`~trvae.data.depth.POOL_CELLS` of ``cells``, sorted (seeded)."""
+    if len(cells) <= depth.POOL_CELLS:
+        return cells
+    return np.sort(rng.choice(cells, depth.POOL_CELLS, replace=False))
+
+
+@torch.no_grad()
+def _depths(data: CellData, cells: np.ndarray, batch_size: int) -> tuple[np.ndarray, bool]:
+    """:func:`~trvae.data.depth.log_depth` of ``cells`` and whether the first batch looks like
+    log-normalised counts (:func:`~trvae.data.depth.looks_like_log_counts`)."""
+    out, counts = [np.zeros(0)], None
+    for x, _, _ in data.batches(cells, batch_size):
+        if counts is None:
+            counts = depth.looks_like_log_counts(x)
+            if not counts:
+                return np.zeros(0), False
+        out.append(depth.log_depth(x))
+    return np.concatenate(out), bool(counts)

@@ -199,7 +199,6 @@ class TrainingMixin:
         self.module.x_min.fill_(x_min)
         self._fit_readout_tables(data, idx, batch_size, precision)
 
-    @torch.no_grad()
     def _fit_readout_tables(
         self, data: CellData, idx: np.ndarray, batch_size: int = 1024, precision: str = "32"
     ) -> None:
@@ -207,13 +206,24 @@ class TrainingMixin:
         from at most :data:`~trvae.module.readout.TABLE_CELLS` of its cells ``idx`` (seeded)."""
         rng = np.random.default_rng(self.init_params["seed"])
         codes = data.conditions.numpy()[idx]
-        edges, tables = [], []
-        x_min = float(self.module.x_min)
-        detection = torch.full((self.module.n_input,), float("inf"))
+        per_condition = []
         for code in range(len(self.conditions_)):
             cells = idx[codes == code]
             if len(cells) > readout.TABLE_CELLS:
                 cells = np.sort(rng.choice(cells, readout.TABLE_CELLS, replace=False))
+            per_condition.append(cells)
+        self.module.readout.set(*self._readout_tables(data, per_condition, batch_size, precision))
+
+    @torch.no_grad()
+    def _readout_tables(
+        self, data: CellData, per_condition: list[np.ndarray], batch_size: int, precision: str
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Edges, tables and detection levels (:meth:`~trvae.module.readout.QuantileTables.set`)
+        from the cells ``per_condition[code]`` of each condition (repeats allowed)."""
+        edges, tables = [], []
+        x_min = float(self.module.x_min)
+        detection = torch.full((self.module.n_input,), float("inf"))
+        for cells in per_condition:
             recon = [torch.zeros(0, self.module.n_input)]
             residual = [torch.zeros(0, self.module.n_input)]
             for x, c, lib in data.batches(cells, batch_size):
@@ -227,4 +237,4 @@ class TrainingMixin:
             edges.append(cut)
             tables.append(table)
         detection = torch.where(torch.isfinite(detection), detection, x_min)
-        self.module.readout.set(torch.stack(edges), torch.stack(tables), detection)
+        return torch.stack(edges), torch.stack(tables), detection
