@@ -5,11 +5,13 @@ per gene, so its smallest value above 0 is one count and ``expm1`` of it is ``s 
 cell's depth ``L`` up to the common factor. The quantile read-out's tables pool the residuals
 of training cells of every depth, but at one expression level a shallow cell has more zeros and
 a coarser ladder of values than a deep one (on Kang's counts the monocytes carry about four
-times the UMIs of the T cells). Where the cells to predict lie at another depth than a
-condition's training cells (a two-sample Kolmogorov-Smirnov test), ``predict`` builds that
-condition's tables from training cells resampled to the predicted cells' depth
-(:func:`resample_to_depth`). Data that are not log-normalised counts
-(:func:`looks_like_log_counts`) are left alone.
+times the UMIs of the T cells). With ``predict(..., match_depth=True)``, where the cells to
+predict lie at another depth than a condition's training cells (a two-sample
+Kolmogorov-Smirnov test), that condition's tables are built from training cells resampled to
+the predicted cells' depth (:func:`resample_to_depth`). Data that are not log-normalised counts
+(:func:`looks_like_log_counts`) are left alone. Off by default: it helped where cell types
+differ in depth (Kang counts) and hurt where cells were only sequenced shallower
+(``docs/choosing-parameters.md``).
 """
 
 from __future__ import annotations

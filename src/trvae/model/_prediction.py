@@ -128,7 +128,7 @@ class PredictionMixin:
         precision: str = "32",
         anchor: float | str | None = None,
         group_key: str | None = None,
-        match_depth: bool = True,
+        match_depth: bool = False,
     ) -> AnnData:
         """Carry cells to ``target_condition``: encode with their condition, decode with the target.
 
@@ -214,7 +214,9 @@ class PredictionMixin:
             for this call from its training cells resampled to their depth
             (:mod:`trvae.data.depth`; needs the model's training AnnData). Shallow cells hold
             more zeros at the same level than deep ones. ``uns["trvae_prediction"]
-            ["depth_matched"]`` lists the conditions rebuilt. ``False``: the stored tables.
+            ["depth_matched"]`` lists the conditions rebuilt. Off by default: it helped on
+            Kang counts (cell types differ in depth) and hurt where the same cells were only
+            sequenced shallower (``docs/choosing-parameters.md``).
 
         Returns
         -------
