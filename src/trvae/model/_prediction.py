@@ -208,15 +208,11 @@ class PredictionMixin:
             ``adata``'s order, equals predicting every group separately. In memory only (no
             ``out``).
         match_depth
-            MSE ``mode="quantile"`` on log-normalised counts: where the cells to predict lie at
-            another sequencing depth than a condition's training cells (read off each cell's
-            level of one count; a KS test at 1 %), that condition's residual tables are rebuilt
-            for this call from its training cells resampled to their depth
-            (:mod:`trvae.data.depth`; needs the model's training AnnData). Shallow cells hold
-            more zeros at the same level than deep ones. ``uns["trvae_prediction"]
-            ["depth_matched"]`` lists the conditions rebuilt. Off by default: it helped on
-            Kang counts (cell types differ in depth) and hurt where the same cells were only
-            sequenced shallower (``docs/choosing-parameters.md``).
+            MSE ``mode="quantile"`` on log-normalised counts: rebuild the residual tables of
+            each condition whose training cells lie at another sequencing depth than the cells
+            to predict from training cells resampled to their depth (:mod:`trvae.data.depth`);
+            ``uns["trvae_prediction"]["depth_matched"]`` lists them. Off by default (helped on
+            Kang counts, hurt on cells only sequenced shallower: ``docs/choosing-parameters.md``).
 
         Returns
         -------
@@ -311,7 +307,7 @@ class PredictionMixin:
             if out is not None:
                 counts = values in ("sample", "quantile") and likelihood in V.COUNT_LIKELIHOODS
                 batches = self._outputs(data, fn, batch_size, accelerator, precision)
-                return self._write_prediction(batches, out, obs, var, uns, counts)
+                return _write_prediction(batches, out, obs, var, uns, counts)
             pred = self._run(data, fn, batch_size, accelerator, precision)
         result = AnnData(pred, obs=obs, var=var)
         result.uns.update(uns)
@@ -326,12 +322,12 @@ class PredictionMixin:
         )
         return obs
 
-    @staticmethod
-    def _write_prediction(batches, out, obs, var, uns, counts: bool) -> AnnData:
-        """Stream the predicted ``batches`` into the ``.h5ad`` file ``out``; open it backed."""
-        arrays = (b.cpu().numpy() for b in batches)
-        path = write_h5ad_chunked(out, obs, var, arrays, sparse_x=counts, uns=uns)
-        return anndata.read_h5ad(path, backed="r")
+
+def _write_prediction(batches, out, obs, var, uns, counts: bool) -> AnnData:
+    """Stream the predicted ``batches`` into the ``.h5ad`` file ``out``; open it backed."""
+    arrays = (b.cpu().numpy() for b in batches)
+    path = write_h5ad_chunked(out, obs, var, arrays, sparse_x=counts, uns=uns)
+    return anndata.read_h5ad(path, backed="r")
 
 
 def _one_or_each(weights: dict[int, float], labels: list[str]) -> float | dict[str, float]:
