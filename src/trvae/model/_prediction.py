@@ -274,13 +274,8 @@ class PredictionMixin:
             fn = self._count_quantile_fn(target, seed)
         matched = None
         if mode == "quantile" and likelihood == "mse":
-            tables, matched = None, []
-            if match_depth:
-                tables, matched = self._depth_matched_tables(
-                    data, [*sources, target], seed, batch_size, precision
-                )
-            fn = self._quantile_fn(
-                data, target, seed, batch_size, accelerator, precision, anchors, tables
+            fn, matched = self._quantile_fn(
+                data, target, seed, batch_size, accelerator, precision, anchors, match_depth
             )
         values = mode if mode != "decode" else ("mean" if return_mean else "sample")
         uns = {

@@ -149,7 +149,7 @@ class ReadoutMixin:
         accelerator,
         precision,
         anchors: dict[int, float] | None = None,
-        tables: readout.QuantileTables | None = None,
+        match_depth: bool = False,
     ):
         """The batch function of ``mode="quantile"`` (:mod:`trvae.module.readout`), after its
         first pass: the per-gene shift that matches the residual read-out's mean (moved by
@@ -157,10 +157,16 @@ class ReadoutMixin:
         shift cannot reach is added to every value, then snapped), set on at most
         :data:`~trvae.module.readout.MATCH_CELLS` cells (all of them when fewer, then in the
         same batches with the same floor levels as the second pass). ``anchors``: the anchor
-        per source condition code (:meth:`_anchor_weights`; none: 0). ``tables``: default the
-        model's (:meth:`_depth_matched_tables` gives others)."""
-        module = self.module
-        tables = module.readout if tables is None else tables
+        per source condition code (:meth:`_anchor_weights`; none: 0). ``match_depth``: tables
+        from :meth:`_depth_matched_tables` where it builds any. Returns the function and the
+        conditions whose tables were matched to the cells' depth."""
+        module, tables, matched = self.module, self.module.readout, []
+        if match_depth:
+            conditions = [*torch.unique(data.conditions).tolist(), target]
+            rebuilt, matched = self._depth_matched_tables(
+                data, conditions, seed, batch_size, precision
+            )
+            tables = tables if rebuilt is None else rebuilt
         per_condition = torch.zeros(len(self.conditions_))
         for code, weight in (anchors or {}).items():
             per_condition[code] = weight
@@ -205,7 +211,7 @@ class ReadoutMixin:
         gap = None
         if not parts:  # no cells: nothing to match
             shift = torch.zeros(module.n_input)
-            return batch_function(False)
+            return batch_function(False), matched
         u, to, residual, *extra = torch.cat(parts).chunk(5 if anchored else 3, dim=1)
         cond = torch.full((len(u),), target, dtype=torch.long)
         reference = residual
@@ -219,7 +225,7 @@ class ReadoutMixin:
             # detection stays at the floor; spreading the gap over the values above the floor
             # alone gave a few cells extreme values)
             gap = reference - tables.target_values(u, to, cond, module.x_min, shift).mean(0)
-        return batch_function(False)
+        return batch_function(False), matched
 
     def _depth_matched_tables(
         self, data: CellData, conditions: list[int], seed: int, batch_size: int, precision: str
