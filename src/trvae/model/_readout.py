@@ -237,7 +237,7 @@ class ReadoutMixin:
 
         The training cells are those of the model's AnnData (at most
         :data:`~trvae.data.depth.POOL_CELLS` per condition, seeded), the cells ``data`` at
-        most as many; the tables of the other conditions are built as in training."""
+        most as many; the other conditions keep their stored tables."""
         if self.adata is None or float(self.module.x_min) != 0.0 or len(data) < 2:
             return None, []
         rng = np.random.default_rng([int(seed) % 2**63, 1])
@@ -263,14 +263,17 @@ class ReadoutMixin:
             if code in conditions and depth.depth_differs(own, ref_depth):
                 cells = np.sort(depth.resample_to_depth(cells, own, ref_depth, size, rng))
                 matched.append(self.conditions_[code])
-            elif len(cells) > size:
-                cells = np.sort(rng.choice(cells, size, replace=False))
+            else:  # keeps its stored tables
+                cells = cells[:0]
             per_condition.append(cells)
         if not matched:
             return None, []
         edges, table, _ = self._readout_tables(train, per_condition, batch_size, precision)
+        stored = self.module.readout
+        keep = torch.tensor([len(cells) == 0 for cells in per_condition])
+        edges[keep], table[keep] = stored.edges[keep], stored.tables[keep]
         tables = readout.QuantileTables()
-        tables.set(edges, table, self.module.readout.detection)
+        tables.set(edges, table, stored.detection)
         return tables, matched
 
 
