@@ -247,7 +247,10 @@ class ReadoutMixin:
             return None, []
         train = self._cell_data(self.adata)
         codes = train.conditions.numpy()
-        pools = [_sample(np.flatnonzero(codes == c), rng) for c in range(len(self.conditions_))]
+        pools = [  # only the conditions this prediction reads are measured
+            _sample(np.flatnonzero(codes == c), rng) if c in conditions else np.zeros(0, int)
+            for c in range(len(self.conditions_))
+        ]
         every = np.concatenate(pools)
         order = np.argsort(every, kind="stable")  # on-disk data are read in ascending rows
         in_order, pool_counts = _depths(train, every[order], batch_size)
@@ -260,7 +263,7 @@ class ReadoutMixin:
             own = pool_depth[start : start + len(cells)]
             start += len(cells)
             size = min(len(cells), readout.TABLE_CELLS)
-            if code in conditions and depth.depth_differs(own, ref_depth):
+            if len(cells) and depth.depth_differs(own, ref_depth):
                 cells = np.sort(depth.resample_to_depth(cells, own, ref_depth, size, rng))
                 matched.append(self.conditions_[code])
             else:  # keeps its stored tables
