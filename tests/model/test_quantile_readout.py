@@ -48,25 +48,53 @@ def test_quantile_is_the_mse_default(model, control):
     assert not np.allclose(pred.X, residual)
 
 
-def test_quantile_has_the_residual_read_outs_mean(model, control, monkeypatch):
-    shifts = []
+def _unfloored_mean(model, cells: ad.AnnData) -> np.ndarray:
+    """``mean(x + m_t - m_s)`` over control ``cells`` to "stimulated", no floor."""
+    codes = [model.conditions_.index(c) for c in ("control", "stimulated")]
+    x = torch.as_tensor(np.asarray(cells.X, dtype=np.float32))
+    c = torch.full((len(x),), codes[0], dtype=torch.long)
+    model.module.eval()
+    with torch.no_grad():
+        source, to = (g["mean"] for g in model._both_conditions(x, c, None, codes[1]))
+    return (x + to - source).mean(0).numpy()
+
+
+def _matched(model, control, monkeypatch, **kwargs) -> tuple[np.ndarray, torch.Tensor, ...]:
+    """The prediction, and the shift and reference mean of the read-out's mean match."""
+    calls = []
     match = readout.QuantileTables.match_shift
 
-    def spy(*args, **kwargs):
-        shifts.append(match(*args, **kwargs))
-        return shifts[-1]
+    def spy(self, u, mean, cond, x_min, reference, *args, **kw):
+        calls.append((match(self, u, mean, cond, x_min, reference, *args, **kw), reference))
+        return calls[-1][0]
 
     monkeypatch.setattr(readout.QuantileTables, "match_shift", spy)
-    pred = model.predict(control, "stimulated", batch_size=16, anchor=0).X  # 40 cells: 3 batches
-    residual = model.predict(control, "stimulated", mode="residual").X
-    inside = (shifts[0].abs() < 1 - 1e-6).numpy()  # a shift at +-1: the mean is out of reach
+    pred = model.predict(control, "stimulated", **kwargs).X
+    return pred, *calls[0]
+
+
+def test_quantile_has_the_residual_read_outs_mean(model, control, monkeypatch):
+    # 40 cells: 3 batches
+    pred, shift, reference = _matched(model, control, monkeypatch, batch_size=16, anchor=0)
+    inside = (shift.abs() < 1 - 1e-6).numpy()  # a shift at +-1: the mean is out of reach
     assert inside.mean() >= 0.75
     # the snap to the floor moves a value by up to (detection - x_min) at once: the mean is
     # matched to within one such jump, exactly where no value sits at the jump
     jump = (model.module.readout.detection.numpy() - float(model.module.x_min)) / len(pred)
-    error = np.abs(pred.mean(0) - residual.mean(0))[inside]
+    error = np.abs(pred.mean(0) - reference.numpy())[inside]
     assert (error <= jump[inside] + 1e-4).all()
     assert (error <= 1e-4).mean() >= 0.75
+
+
+def test_quantile_matches_the_unfloored_residual_mean(model, control, monkeypatch):
+    """The reference mean is ``mean(x + m_t - m_s)``: the decoder's change averaged before the
+    floor, which the residual read-out's floored values overstate for a gene that falls."""
+    _, _, reference = _matched(model, control, monkeypatch, anchor=0)
+    expected = np.maximum(_unfloored_mean(model, control), float(model.module.x_min))
+    np.testing.assert_allclose(reference.numpy(), expected, atol=1e-5, rtol=1e-5)
+    floored = model.predict(control, "stimulated", mode="residual").X.mean(0)
+    assert (reference.numpy() <= floored + 1e-5).all()
+    assert (reference.numpy() < floored - 1e-3).any()
 
 
 def test_quantile_is_seeded(model, control):
@@ -192,7 +220,7 @@ def test_anchor_moves_the_mean_response_to_the_mean_shift(small):
         means[w] = pred.X.mean(0)
     np.testing.assert_array_equal(model.predict(source, "stimulated").X.mean(0), means[0.5])
     shift = _pooled_shift(train, "cell_type")
-    residual = model.predict(source, "stimulated", mode="residual").X.mean(0)
+    residual = _unfloored_mean(model, source)
     codes = [model.conditions_.index(c) for c in ("control", "stimulated")]
     quiet = model.module.mean_shifts.quiet[codes[0], codes[1]].numpy()
     assert quiet.any() and not quiet.all()

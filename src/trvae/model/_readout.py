@@ -152,7 +152,8 @@ class ReadoutMixin:
         match_depth: bool = False,
     ):
         """The batch function of ``mode="quantile"`` (:mod:`trvae.module.readout`), after its
-        first pass: the per-gene shift that matches the residual read-out's mean (moved by
+        first pass: the per-gene shift that matches the residual read-out's mean before its
+        floor, ``mean(x + m_t - m_s)`` (at least ``x_min``; moved by
         ``anchor`` toward the source cells' mean plus the mean shift; with an anchor, what the
         shift cannot reach is added to every value, then snapped), set on at most
         :data:`~trvae.module.readout.MATCH_CELLS` cells (all of them when fewer, then in the
@@ -190,8 +191,8 @@ class ReadoutMixin:
                 nonlocal position
                 u, source, to = levels(x, c, lib, position)
                 position += len(x)
-                if first_pass:
-                    residual = (x + to - source).clamp_min(module.x_min)
+                if first_pass:  # the decoder's change moves the expected value: not floored
+                    residual = x + to - source
                     if not anchored:
                         return torch.cat([u, to, residual], dim=1)
                     shifted = x + module.mean_shifts.change(c, target, source)
@@ -218,7 +219,7 @@ class ReadoutMixin:
         if anchored:  # per cell and gene: the quiet genes take the mean shift's change
             shifted, weight = extra
             reference = residual + weight * (shifted - residual)
-        reference = reference.mean(0, dtype=torch.float64).float()
+        reference = reference.mean(0, dtype=torch.float64).float().clamp_min(module.x_min)
         shift = tables.match_shift(u, to, cond, module.x_min, reference)
         if anchored:  # what the level shift cannot reach (eta at -1 or 1), added to every
             # value before the snap (a floor value the gap moves less than half-way to

@@ -20,8 +20,13 @@ quantile read-out carries each cell's *rank* instead of its deviation:
    ``V ~ U(0, 1)`` (:func:`floor_noise`, seeded by the seed and the batch's first cell).
 3. **Mean match** (:meth:`~QuantileTables.match_shift`). Per gene a shift ``eta_g`` of every
    level, found by bisection in ``[-1, 1]``, makes the mean over the predicted cells of the
-   read-out equal the mean of the residual read-out ``max(x_min, x + m_t - m_s)``: the residual
-   read-out's mean is the better-measured one, the quantile read-out's spread the better one.
+   read-out equal the residual read-out's mean before its floor, ``mean(x + m_t - m_s)`` (at
+   least ``x_min``): the residual read-out's mean is the better-measured one, the quantile
+   read-out's spread the better one. The decoder's change ``m_t - m_s`` is a change of the
+   expected value, so it is averaged unfloored: flooring each cell first
+   (``max(x_min, x + m_t - m_s)``) raises the mean of a gene that falls, as its zeros cannot
+   fall further (on Kang counts the unfloored mean lowered the E-distance on PCA in 6 of 7
+   held-out cell types, ``docs/choosing-parameters.md``).
 4. **Read-out** (:meth:`~QuantileTables.target_values`):
    ``max(x_min, m_t + Q_t(clip(u + eta_g, 0, 1)))``, with ``Q_t`` the target condition's
    residual quantile function in the bin of ``m_t``, then snapped to the data's floor
