@@ -64,6 +64,14 @@ def test_train_with_the_mmd_grouped_by_cell_type(files, tmp_path, capsys):
     assert params["mmd_estimator"] == "unbiased"
     assert params["mmd_grouping"] == "shared" and params["mmd_on"] == "z"
     _error(capsys, [*argv, "--overwrite", "--mmd-group-key", "donor"], "mmd_group_key 'donor'")
+    # predicting with the training data: the read-out table matched to the cells' state
+    pred = tmp_path / "pred.h5ad"
+    predict = ["predict", str(out), str(data), "--target-condition", "stimulated", "--out"]
+    assert main([*predict, str(pred), "--training-data", str(data)]) == 0
+    assert "state_weights" in ad.read_h5ad(pred).uns["trvae_prediction"]
+    with pytest.warns(UserWarning, match="no training data"):
+        assert main([*predict, str(tmp_path / "plain.h5ad")]) == 0
+    assert "state_weights" not in ad.read_h5ad(tmp_path / "plain.h5ad").uns["trvae_prediction"]
 
 
 def test_train_checkpoints_and_resumes(files, tmp_path):

@@ -115,7 +115,8 @@ def _predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from trvae._errors import TRVAEError
     from trvae.data import validation as V
 
-    model = TRVAE.load(args.model_dir)
+    training = None if args.training_data is None else read_h5ad(args.training_data)
+    model = TRVAE.load(args.model_dir, adata=training)
     adata = read_h5ad(args.data)
     V.check_condition_value(args.target_condition, model.conditions_)
     mask = None
@@ -268,6 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--anchor",
         type=anchor_value,
         help="weight of the mean shift, or auto (default: the model's anchor)",
+    )
+    p.add_argument(
+        "--training-data",
+        metavar="TRAIN.h5ad",
+        help="the model's training data: with --mmd-group-key models, the target condition's "
+        "read-out table is then matched to the cells' state (TRVAE.predict's match_state)",
     )
     p.add_argument("--out", required=True, metavar="PRED.h5ad")
 

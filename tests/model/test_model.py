@@ -105,7 +105,7 @@ def test_grouped_unbiased_all_layers_model_trains_saves_and_loads(
     model.train(max_epochs=3, **QUIET)
     assert np.isfinite(model.history[LOSS_COLUMNS].to_numpy()).all()
     model.save(tmp_path / "model")
-    loaded = TRVAE.load(tmp_path / "model")
+    loaded = TRVAE.load(tmp_path / "model", adata=small)  # its training data: state matching
     assert {k: loaded.init_params[k] for k in options} == options
     np.testing.assert_array_equal(
         loaded.predict(small, "stimulated").X, model.predict(small, "stimulated").X

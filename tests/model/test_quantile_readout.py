@@ -413,3 +413,82 @@ def test_tables_follow_the_depth_of_the_predicted_cells():
 def test_continuous_data_keep_the_stored_tables(model, control):
     pred = model.predict(control, "stimulated", match_depth=True)
     assert pred.uns["trvae_prediction"]["depth_matched"] == []
+
+
+def _two_state_groups(seed: int = 0) -> ad.AnnData:
+    """Four groups in two states (genes 0-9 higher in groups c, d); on genes 10-19 the
+    stimulated cells respond by +1, those of state a/b with noise of SD 1, those of state c/d
+    without."""
+    rng = np.random.default_rng(seed)
+    n, genes, blocks = 80, 30, []
+    for g, group in enumerate("abcd"):
+        state = np.zeros(genes)
+        state[:10] = 1.5 * (g >= 2)
+        for condition in ("control", "stimulated"):
+            x = 2.0 + state + rng.normal(0, 0.3, (n, genes))
+            if condition == "stimulated":
+                x[:, 10:20] += 1.0 + rng.normal(0, 1.0 if g < 2 else 0.0, (n, 10))
+            obs = pd.DataFrame({"condition": condition, "cell_type": group}, index=range(n))
+            blocks.append(ad.AnnData(x.astype(np.float32), obs=obs))
+    adata = ad.concat(blocks)
+    adata.obs_names = [f"c{i}" for i in range(adata.n_obs)]
+    adata.var_names = [f"g{i}" for i in range(adata.n_vars)]
+    return adata
+
+
+def test_state_matching_weights_the_groups_alike_in_state():
+    adata = _two_state_groups()
+    held = (adata.obs["cell_type"] == "a") & (adata.obs["condition"] == "stimulated")
+    train = adata[~held].copy()
+    model = TRVAE(train, condition_key="condition", mmd_group_key="cell_type", **SMALL)
+    model.train(max_epochs=30, **QUIET)
+    control = adata[(adata.obs["cell_type"] == "a") & (adata.obs["condition"] == "control")]
+    pred = model.predict(control, "stimulated", seed=3)
+    info = pred.uns["trvae_prediction"]
+    # the weights, computed by hand from the training groups' control means
+    groups = ["b", "c", "d"]
+    is_control = train.obs["condition"] == "control"
+    means = torch.tensor(
+        np.stack([train[is_control & (train.obs["cell_type"] == g)].X.mean(0) for g in groups])
+    )
+    sizes = np.array([(~is_control & (train.obs["cell_type"] == g)).sum() for g in groups])
+    expected = readout.state_weights(means, torch.tensor(control.X.mean(0)), sizes)
+    assert list(info["state_weights"]) == groups  # "a" has no stimulated training cells
+    np.testing.assert_allclose(list(info["state_weights"].values()), expected, rtol=1e-5)
+    assert info["state_weights"]["b"] > 0.5  # the group in the same state
+    # seeded, obs and genes kept; the stored tables without it
+    again = model.predict(control, "stimulated", seed=3)
+    np.testing.assert_array_equal(pred.X, again.X)
+    assert list(pred.obs_names) == list(control.obs_names)
+    assert list(pred.var_names) == list(adata.var_names)
+    stored = model.predict(control, "stimulated", seed=3, match_state=False)
+    assert "state_weights" not in stored.uns["trvae_prediction"]
+    assert not np.array_equal(pred.X, stored.X)
+    # per predicted group with group_key
+    by_group = model.predict(adata[adata.obs["condition"] == "control"], "stimulated",
+                             group_key="cell_type")  # fmt: skip
+    weights = by_group.uns["trvae_prediction"]["state_weights"]
+    assert sorted(weights) == ["a", "b", "c", "d"]
+    assert weights["a"] == pytest.approx(info["state_weights"])
+    assert max(weights["d"], key=weights["d"].get) in ("c", "d")
+
+
+def test_state_matching_needs_groups_and_training_data(model, control, tmp_path):
+    # no mmd_group_key: the stored tables
+    pred = model.predict(control, "stimulated")
+    assert "state_weights" not in pred.uns["trvae_prediction"]
+    np.testing.assert_array_equal(pred.X, model.predict(control, "stimulated", match_state=False).X)
+    adata = _two_state_groups(seed=1)
+    grouped = TRVAE(adata, condition_key="condition", mmd_group_key="cell_type", **SMALL)
+    grouped.train(max_epochs=2, **QUIET)
+    cells = adata[adata.obs["condition"] == "control"][:50]
+    assert "state_weights" in grouped.predict(cells, "stimulated").uns["trvae_prediction"]
+    grouped.save(tmp_path / "m")
+    loaded = TRVAE.load(tmp_path / "m")  # without its training data
+    with pytest.warns(UserWarning, match="match_state=False"):
+        pred = loaded.predict(cells, "stimulated")
+    assert "state_weights" not in pred.uns["trvae_prediction"]
+    np.testing.assert_array_equal(pred.X, grouped.predict(cells, "stimulated", match_state=False).X)
+    # cells already in the target condition: nothing to match
+    same = grouped.predict(adata[adata.obs["condition"] == "stimulated"][:20], "stimulated")
+    assert "state_weights" not in same.uns["trvae_prediction"]

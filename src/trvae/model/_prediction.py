@@ -129,6 +129,7 @@ class PredictionMixin:
         anchor: float | str | None = None,
         group_key: str | None = None,
         match_depth: bool = False,
+        match_state: bool = True,
     ) -> AnnData:
         """Carry cells to ``target_condition``: encode with their condition, decode with the target.
 
@@ -214,6 +215,16 @@ class PredictionMixin:
             to predict from training cells resampled to their depth (:mod:`trvae.data.depth`);
             ``uns["trvae_prediction"]["depth_matched"]`` lists them. Off by default (helped on
             Kang counts, hurt on cells only sequenced shallower: ``docs/choosing-parameters.md``).
+        match_state
+            MSE ``mode="quantile"`` of a model trained with ``mmd_group_key``, its training data
+            at hand: rebuild the target condition's residual table from the training groups'
+            target cells, each group weighted by its size and by how close its mean in the
+            cells' source condition lies to theirs (:mod:`trvae.module.readout`, step 5), so
+            the predicted spread follows the groups the cells resemble;
+            ``uns["trvae_prediction"]["state_weights"]`` holds the weights. Does nothing
+            without groups or training data, or where ``match_depth`` rebuilt the table. On by
+            default (raised the variance R² on every development set:
+            ``docs/choosing-parameters.md``).
 
         Returns
         -------
@@ -249,6 +260,7 @@ class PredictionMixin:
                 "source_condition": source_condition, "return_mean": return_mean, "mode": mode,
                 "batch_size": batch_size, "seed": seed, "accelerator": accelerator,
                 "precision": precision, "anchor": anchor, "match_depth": match_depth,
+                "match_state": match_state,
             }  # fmt: skip
             return self._predict_groups(adata, target_condition, group_key, out, kwargs)
         likelihood = self.init_params["likelihood"]
@@ -273,11 +285,12 @@ class PredictionMixin:
         anchors = self._anchor_weights(anchor, mode, sources, target)
         if mode == "quantile" and likelihood != "mse":
             fn = self._count_quantile_fn(target, seed)
-        matched = None
+        matched = {}
         if mode == "quantile" and likelihood == "mse":
             fn, matched = self._quantile_fn(
-                data, target, seed, batch_size, accelerator, precision, anchors, match_depth
-            )
+                data, target, seed, batch_size, accelerator, precision, anchors, match_depth,
+                match_state,
+            )  # fmt: skip
         values = mode if mode != "decode" else ("mean" if return_mean else "sample")
         uns = {
             "trvae_prediction": {
@@ -288,8 +301,7 @@ class PredictionMixin:
                 "anchor": _one_or_each(anchors, self.conditions_),
             }
         }
-        if matched is not None:
-            uns["trvae_prediction"]["depth_matched"] = matched
+        uns["trvae_prediction"].update(matched)
         shifts = module.mean_shifts
         if any(weight > 0 for weight in anchors.values()) and shifts.level_weight is not None:
             uns["trvae_prediction"]["level_weight"] = {

@@ -150,6 +150,7 @@ class ReadoutMixin:
         precision,
         anchors: dict[int, float] | None = None,
         match_depth: bool = False,
+        match_state: bool = False,
     ):
         """The batch function of ``mode="quantile"`` (:mod:`trvae.module.readout`), after its
         first pass: the per-gene shift that matches the residual read-out's mean before its
@@ -159,15 +160,25 @@ class ReadoutMixin:
         :data:`~trvae.module.readout.MATCH_CELLS` cells (all of them when fewer, then in the
         same batches with the same floor levels as the second pass). ``anchors``: the anchor
         per source condition code (:meth:`_anchor_weights`; none: 0). ``match_depth``: tables
-        from :meth:`_depth_matched_tables` where it builds any. Returns the function and the
-        conditions whose tables were matched to the cells' depth."""
-        module, tables, matched = self.module, self.module.readout, []
+        from :meth:`_depth_matched_tables` where it builds any. ``match_state``: the target
+        condition's table from :meth:`_state_matched_tables` (unless depth matching rebuilt
+        it). Returns the function and what was matched: ``"depth_matched"`` (the conditions
+        whose tables were matched to the cells' depth) and ``"state_weights"`` (the training
+        groups' weights; absent where the tables were not state-matched)."""
+        module, tables, info = self.module, self.module.readout, {"depth_matched": []}
+        if match_state:
+            rebuilt, weights = self._state_matched_tables(data, target, seed, batch_size, precision)
+            if rebuilt is not None:
+                tables, info["state_weights"] = rebuilt, weights
         if match_depth:
             conditions = [*torch.unique(data.conditions).tolist(), target]
             rebuilt, matched = self._depth_matched_tables(
-                data, conditions, seed, batch_size, precision
+                data, conditions, seed, batch_size, precision, tables
             )
             tables = tables if rebuilt is None else rebuilt
+            info["depth_matched"] = matched
+            if self.conditions_[target] in matched:  # the depth's tables replace the state's
+                info.pop("state_weights", None)
         per_condition = torch.zeros(len(self.conditions_))
         for code, weight in (anchors or {}).items():
             per_condition[code] = weight
@@ -212,7 +223,7 @@ class ReadoutMixin:
         gap = None
         if not parts:  # no cells: nothing to match
             shift = torch.zeros(module.n_input)
-            return batch_function(False), matched
+            return batch_function(False), info
         u, to, residual, *extra = torch.cat(parts).chunk(5 if anchored else 3, dim=1)
         cond = torch.full((len(u),), target, dtype=torch.long)
         reference = residual
@@ -226,10 +237,16 @@ class ReadoutMixin:
             # detection stays at the floor; spreading the gap over the values above the floor
             # alone gave a few cells extreme values)
             gap = reference - tables.target_values(u, to, cond, module.x_min, shift).mean(0)
-        return batch_function(False), matched
+        return batch_function(False), info
 
     def _depth_matched_tables(
-        self, data: CellData, conditions: list[int], seed: int, batch_size: int, precision: str
+        self,
+        data: CellData,
+        conditions: list[int],
+        seed: int,
+        batch_size: int,
+        precision: str,
+        stored: readout.QuantileTables | None = None,
     ) -> tuple[readout.QuantileTables | None, list[str]]:
         """Read-out tables for the cells ``data`` built from training cells resampled to their
         depth (:mod:`trvae.data.depth`) in each of ``conditions`` whose training cells lie at
@@ -238,7 +255,8 @@ class ReadoutMixin:
 
         The training cells are those of the model's AnnData (at most
         :data:`~trvae.data.depth.POOL_CELLS` per condition, seeded), the cells ``data`` at
-        most as many; the other conditions keep their stored tables."""
+        most as many; the other conditions keep their tables in ``stored`` (default: the
+        model's)."""
         if self.adata is None or float(self.module.x_min) != 0.0 or len(data) < 2:
             return None, []
         rng = np.random.default_rng([int(seed) % 2**63, 1])
@@ -272,13 +290,87 @@ class ReadoutMixin:
             per_condition.append(cells)
         if not matched:
             return None, []
+        return self._tables_from(train, per_condition, batch_size, precision, stored), matched
+
+    def _tables_from(
+        self,
+        train: CellData,
+        per_condition: list[np.ndarray],
+        batch_size: int,
+        precision: str,
+        stored: readout.QuantileTables | None = None,
+    ) -> readout.QuantileTables:
+        """Read-out tables built from the training cells ``per_condition[code]`` (repeats
+        allowed) for each condition that has any; the others keep theirs in ``stored``
+        (default: the model's)."""
+        stored = self.module.readout if stored is None else stored
         edges, table, _ = self._readout_tables(train, per_condition, batch_size, precision)
-        stored = self.module.readout
         keep = torch.tensor([len(cells) == 0 for cells in per_condition])
         edges[keep], table[keep] = stored.edges[keep], stored.tables[keep]
         tables = readout.QuantileTables()
         tables.set(edges, table, stored.detection)
-        return tables, matched
+        return tables
+
+    @torch.no_grad()
+    def _state_matched_tables(
+        self, data: CellData, target: int, seed: int, batch_size: int, precision: str
+    ) -> tuple[readout.QuantileTables | None, dict[str, float]]:
+        """The target condition's read-out table rebuilt for the cells ``data`` from the
+        training groups' target cells, each group weighted by how close its mean in the source
+        condition (the cells' most common one other than the target) lies to theirs
+        (:mod:`trvae.module.readout`, step 5), and each group's weight by name; ``(None, {})``
+        without ``mmd_group_key``, without the training data (with a warning), without cells
+        in another condition than the target, with fewer than two groups that have both
+        conditions, or when their means do not differ.
+
+        The means are over at most :data:`~trvae.data.depth.POOL_CELLS` cells of the source
+        condition (and of ``data``), the table over
+        :data:`~trvae.module.readout.TABLE_CELLS` target cells drawn with replacement (seeded);
+        the other conditions keep their stored tables."""
+        groups = self.init_params.get("mmd_groups") or []
+        if len(groups) < 2 or len(data) == 0:
+            return None, {}
+        if self.adata is None:
+            warnings.warn(
+                "this model was trained with mmd_group_key but has no training data (loaded "
+                "without adata): predicting with its stored tables, not state-matched ones; "
+                "pass the training data to TRVAE.load, or predict with match_state=False",
+                UserWarning,
+                stacklevel=4,
+            )
+            return None, {}
+        counts = torch.bincount(data.conditions, minlength=len(self.conditions_))
+        counts[target] = 0  # cells already in the target condition are not carried anywhere
+        if not bool(counts.any()):
+            return None, {}
+        source = int(counts.argmax())
+        rng = np.random.default_rng([int(seed) % 2**63, 2])
+        n_conditions = len(self.conditions_)
+        train = self._cell_data(self.adata)
+        joint = self._grouped(train).conditions.numpy()
+        group, condition = joint // n_conditions, joint % n_conditions
+        own = _sample(np.flatnonzero(data.conditions.numpy() == source), rng)
+        pool = _sample(np.flatnonzero(condition == source), rng)
+        n_genes = self.module.n_input
+        sums = _group_sums(data, own, np.zeros(len(data), np.int64), 1, n_genes, batch_size)
+        cells_mean = sums[0] / len(own)
+        group_sums = _group_sums(train, pool, group, len(groups), n_genes, batch_size)
+        n_source = np.bincount(group[pool], minlength=len(groups))
+        n_target = np.bincount(group[condition == target], minlength=len(groups))
+        paired = np.flatnonzero((n_source > 0) & (n_target > 0))
+        if len(paired) < 2:
+            return None, {}
+        means = group_sums[paired] / torch.from_numpy(n_source[paired]).double()[:, None]
+        weights = readout.state_weights(means, cells_mean, n_target[paired])
+        if weights is None:
+            return None, {}
+        share = np.zeros(len(groups))  # per target cell of a paired group
+        share[paired] = weights / n_target[paired]
+        per_cell = np.where(condition == target, share[group], 0.0)
+        cells = rng.choice(len(joint), readout.TABLE_CELLS, p=per_cell / per_cell.sum())
+        per_condition = [np.sort(cells) if c == target else cells[:0] for c in range(n_conditions)]
+        tables = self._tables_from(train, per_condition, batch_size, precision)
+        return tables, {groups[code]: float(w) for code, w in zip(paired, weights, strict=True)}
 
 
 def _sample(cells: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -300,3 +392,22 @@ def _depths(data: CellData, cells: np.ndarray, batch_size: int) -> tuple[np.ndar
                 return np.zeros(0), False
         out.append(depth.log_depth(x))
     return np.concatenate(out), bool(counts)
+
+
+@torch.no_grad()
+def _group_sums(
+    data: CellData,
+    cells: np.ndarray,
+    codes: np.ndarray,
+    n_codes: int,
+    n_genes: int,
+    batch_size: int,
+) -> torch.Tensor:
+    """Per code (``codes`` of every cell of ``data``), the sum over ``cells`` of their values
+    (float64, codes x ``n_genes``)."""
+    sums, start = torch.zeros(n_codes, n_genes, dtype=torch.float64), 0
+    for x, _, _ in data.batches(cells, batch_size):
+        index = torch.from_numpy(codes[cells[start : start + len(x)]])
+        sums.index_add_(0, index, x.double())
+        start += len(x)
+    return sums

@@ -60,12 +60,14 @@ class ResponseMixin:
                 "predict each group into a file of its own instead"
             )
         labels = V.check_obs_key(adata, group_key, "group_key").astype(str).to_numpy()
-        x, first, responses = None, None, {}
+        x, first, responses, weights = None, None, {}, {}
         for group in pd.unique(labels):
             rows = np.flatnonzero(labels == group)
             pred = self.predict(adata[rows], target_condition, **kwargs)
             if RESPONSE_COLUMNS[0] in pred.var:
                 responses[str(group)] = pred.var[list(RESPONSE_COLUMNS)]
+            if "state_weights" in pred.uns["trvae_prediction"]:
+                weights[str(group)] = pred.uns["trvae_prediction"]["state_weights"]
             if x is None:
                 x, first = np.empty((adata.n_obs, pred.n_vars), dtype=np.float32), pred
             x[rows] = pred.X
@@ -74,6 +76,9 @@ class ResponseMixin:
         obs = self._target_obs(adata, self._code(target_condition))
         result = AnnData(x, obs=obs, var=var)
         result.uns["trvae_prediction"] = {**first.uns["trvae_prediction"], "group_key": group_key}
+        result.uns["trvae_prediction"].pop("state_weights", None)
+        if weights:  # per predicted group, its training groups' weights
+            result.uns["trvae_prediction"]["state_weights"] = weights
         for name in RESPONSE_COLUMNS if responses else ():
             frame = pd.DataFrame({g: r[name] for g, r in responses.items()}, index=var.index)
             result.varm[name] = frame
