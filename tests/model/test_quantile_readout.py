@@ -489,6 +489,11 @@ def test_state_matching_needs_groups_and_training_data(model, control, tmp_path)
         pred = loaded.predict(cells, "stimulated")
     assert "state_weights" not in pred.uns["trvae_prediction"]
     np.testing.assert_array_equal(pred.X, grouped.predict(cells, "stimulated", match_state=False).X)
+    without_groups = adata.copy()
+    del without_groups.obs["cell_type"]
+    with pytest.warns(UserWarning, match="no obs\\['cell_type'\\]"):
+        pred = TRVAE.load(tmp_path / "m", adata=without_groups).predict(cells, "stimulated")
+    assert "state_weights" not in pred.uns["trvae_prediction"]
     # cells already in the target condition: nothing to match
     same = grouped.predict(adata[adata.obs["condition"] == "stimulated"][:20], "stimulated")
     assert "state_weights" not in same.uns["trvae_prediction"]

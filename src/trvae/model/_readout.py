@@ -330,11 +330,13 @@ class ReadoutMixin:
         groups = self.init_params.get("mmd_groups") or []
         if len(groups) < 2 or len(data) == 0:
             return None, {}
-        if self.adata is None:
+        key = self.init_params["mmd_group_key"]
+        if self.adata is None or key not in self.adata.obs:
+            missing = "no training data" if self.adata is None else f"no obs[{key!r}]"
             warnings.warn(
-                "this model was trained with mmd_group_key but has no training data (loaded "
-                "without adata): predicting with its stored tables, not state-matched ones; "
-                "pass the training data to TRVAE.load, or predict with match_state=False",
+                f"this model was trained with mmd_group_key but its training data have {missing} "
+                "(loaded without adata?): predicting with its stored tables, not state-matched "
+                "ones; pass the training data to TRVAE.load, or predict with match_state=False",
                 UserWarning,
                 stacklevel=4,
             )

@@ -48,8 +48,8 @@ quantile read-out carries each cell's *rank* instead of its deviation:
    by its size times ``exp(-(d_g - min d) / h)`` (``d_g`` the squared distance over all
    genes between the group's mean and the predicted cells' mean in their source condition,
    ``h`` the median of it between training groups: the state ratio's weights of
-   :mod:`trvae.module.anchor`), raised the mean variance R² on every one of the five sets
-   where it was screened (``docs/choosing-parameters.md``).
+   :mod:`trvae.module.anchor`), raised the mean variance R² on each of the six sets where
+   it was screened (``docs/choosing-parameters.md``).
 
 Tables are held by :class:`QuantileTables` (buffers ``edges``, conditions x (B - 1) x genes,
 ``tables``, conditions x B x Q x genes, and ``detection``, genes, float32), a submodule of
