@@ -216,15 +216,10 @@ class PredictionMixin:
             ``uns["trvae_prediction"]["depth_matched"]`` lists them. Off by default (helped on
             Kang counts, hurt on cells only sequenced shallower: ``docs/choosing-parameters.md``).
         match_state
-            MSE ``mode="quantile"`` of a model trained with ``mmd_group_key``, its training data
-            at hand: rebuild the target condition's residual table from the training groups'
-            target cells, each group weighted by its size and by how close its mean in the
-            cells' source condition lies to theirs (:mod:`trvae.module.readout`, step 5), so
-            the predicted spread follows the groups the cells resemble;
-            ``uns["trvae_prediction"]["state_weights"]`` holds the weights. Does nothing
-            without groups or training data, or where ``match_depth`` rebuilt the table. On by
-            default (raised the variance R² on every development set:
-            ``docs/choosing-parameters.md``).
+            MSE ``mode="quantile"``, a model with ``mmd_group_key`` and its training data: the
+            target condition's table rebuilt from the groups' target cells weighted by how alike
+            their source-condition means are to the cells' (:mod:`trvae.module.readout`, step 5;
+            weights in ``uns["trvae_prediction"]["state_weights"]``). On by default.
 
         Returns
         -------

@@ -311,69 +311,6 @@ class ReadoutMixin:
         tables.set(edges, table, stored.detection)
         return tables
 
-    @torch.no_grad()
-    def _state_matched_tables(
-        self, data: CellData, target: int, seed: int, batch_size: int, precision: str
-    ) -> tuple[readout.QuantileTables | None, dict[str, float]]:
-        """The target condition's read-out table rebuilt for the cells ``data`` from the
-        training groups' target cells, each group weighted by how close its mean in the source
-        condition (the cells' most common one other than the target) lies to theirs
-        (:mod:`trvae.module.readout`, step 5), and each group's weight by name; ``(None, {})``
-        without ``mmd_group_key``, without the training data (with a warning), without cells
-        in another condition than the target, with fewer than two groups that have both
-        conditions, or when their means do not differ.
-
-        The means are over at most :data:`~trvae.data.depth.POOL_CELLS` cells of the source
-        condition (and of ``data``), the table over
-        :data:`~trvae.module.readout.TABLE_CELLS` target cells drawn with replacement (seeded);
-        the other conditions keep their stored tables."""
-        groups = self.init_params.get("mmd_groups") or []
-        if len(groups) < 2 or len(data) == 0:
-            return None, {}
-        key = self.init_params["mmd_group_key"]
-        if self.adata is None or key not in self.adata.obs:
-            missing = "no training data" if self.adata is None else f"no obs[{key!r}]"
-            warnings.warn(
-                f"this model was trained with mmd_group_key but its training data have {missing} "
-                "(loaded without adata?): predicting with its stored tables, not state-matched "
-                "ones; pass the training data to TRVAE.load, or predict with match_state=False",
-                UserWarning,
-                stacklevel=4,
-            )
-            return None, {}
-        counts = torch.bincount(data.conditions, minlength=len(self.conditions_))
-        counts[target] = 0  # cells already in the target condition are not carried anywhere
-        if not bool(counts.any()):
-            return None, {}
-        source = int(counts.argmax())
-        rng = np.random.default_rng([int(seed) % 2**63, 2])
-        n_conditions = len(self.conditions_)
-        train = self._cell_data(self.adata)
-        joint = self._grouped(train).conditions.numpy()
-        group, condition = joint // n_conditions, joint % n_conditions
-        own = _sample(np.flatnonzero(data.conditions.numpy() == source), rng)
-        pool = _sample(np.flatnonzero(condition == source), rng)
-        n_genes = self.module.n_input
-        sums = _group_sums(data, own, np.zeros(len(data), np.int64), 1, n_genes, batch_size)
-        cells_mean = sums[0] / len(own)
-        group_sums = _group_sums(train, pool, group, len(groups), n_genes, batch_size)
-        n_source = np.bincount(group[pool], minlength=len(groups))
-        n_target = np.bincount(group[condition == target], minlength=len(groups))
-        paired = np.flatnonzero((n_source > 0) & (n_target > 0))
-        if len(paired) < 2:
-            return None, {}
-        means = group_sums[paired] / torch.from_numpy(n_source[paired]).double()[:, None]
-        weights = readout.state_weights(means, cells_mean, n_target[paired])
-        if weights is None:
-            return None, {}
-        share = np.zeros(len(groups))  # per target cell of a paired group
-        share[paired] = weights / n_target[paired]
-        per_cell = np.where(condition == target, share[group], 0.0)
-        cells = rng.choice(len(joint), readout.TABLE_CELLS, p=per_cell / per_cell.sum())
-        per_condition = [np.sort(cells) if c == target else cells[:0] for c in range(n_conditions)]
-        tables = self._tables_from(train, per_condition, batch_size, precision)
-        return tables, {groups[code]: float(w) for code, w in zip(paired, weights, strict=True)}
-
 
 def _sample(cells: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """At most :data:`~trvae.data.depth.POOL_CELLS` of ``cells``, sorted (seeded)."""
@@ -394,22 +331,3 @@ def _depths(data: CellData, cells: np.ndarray, batch_size: int) -> tuple[np.ndar
                 return np.zeros(0), False
         out.append(depth.log_depth(x))
     return np.concatenate(out), bool(counts)
-
-
-@torch.no_grad()
-def _group_sums(
-    data: CellData,
-    cells: np.ndarray,
-    codes: np.ndarray,
-    n_codes: int,
-    n_genes: int,
-    batch_size: int,
-) -> torch.Tensor:
-    """Per code (``codes`` of every cell of ``data``), the sum over ``cells`` of their values
-    (float64, codes x ``n_genes``)."""
-    sums, start = torch.zeros(n_codes, n_genes, dtype=torch.float64), 0
-    for x, _, _ in data.batches(cells, batch_size):
-        index = torch.from_numpy(codes[cells[start : start + len(x)]])
-        sums.index_add_(0, index, x.double())
-        start += len(x)
-    return sums

@@ -21,6 +21,7 @@ from trvae.model._prediction import PredictionMixin
 from trvae.model._readout import ReadoutMixin
 from trvae.model._response import ResponseMixin
 from trvae.model._save_load import SaveLoadMixin
+from trvae.model._state_match import StateMatchMixin
 from trvae.model._training import TrainingMixin
 from trvae.module import ARCHITECTURES, DECODER_CONDITIONING, LIKELIHOODS, MMD_ON, TRVAEModule
 from trvae.module.anchor import check_anchor
@@ -50,7 +51,13 @@ DEFAULT_DECODER_CONDITIONING: dict[bool, str] = {False: "mmd_layer", True: "all_
 
 
 class TRVAE(
-    TrainingMixin, PredictionMixin, ResponseMixin, ReadoutMixin, AssessmentMixin, SaveLoadMixin
+    TrainingMixin,
+    PredictionMixin,
+    ResponseMixin,
+    ReadoutMixin,
+    StateMatchMixin,
+    AssessmentMixin,
+    SaveLoadMixin,
 ):
     """trVAE: a conditional VAE whose first decoder layer is made condition-independent by MMD.
 
