@@ -7,7 +7,6 @@ from collections.abc import Iterator
 
 import anndata
 import numpy as np
-import pandas as pd
 import torch
 from anndata import AnnData
 
@@ -316,14 +315,6 @@ class PredictionMixin:
         result.uns.update(uns)
         self._add_response(result, data, target)
         return result
-
-    def _target_obs(self, adata: AnnData, target: int) -> pd.DataFrame:
-        """A copy of ``adata.obs`` with ``condition_key`` set to condition code ``target``."""
-        obs = adata.obs.copy()
-        obs[self.condition_key] = pd.Categorical.from_codes(
-            np.full(adata.n_obs, target), categories=self.conditions_
-        )
-        return obs
 
 
 def _write_prediction(batches, out, obs, var, uns, counts: bool) -> AnnData:

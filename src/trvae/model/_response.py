@@ -83,3 +83,11 @@ class ResponseMixin:
             frame = pd.DataFrame({g: r[name] for g, r in responses.items()}, index=var.index)
             result.varm[name] = frame
         return result
+
+    def _target_obs(self, adata: AnnData, target: int) -> pd.DataFrame:
+        """A copy of ``adata.obs`` with ``condition_key`` set to condition code ``target``."""
+        obs = adata.obs.copy()
+        obs[self.condition_key] = pd.Categorical.from_codes(
+            np.full(adata.n_obs, target), categories=self.conditions_
+        )
+        return obs
