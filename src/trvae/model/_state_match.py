@@ -55,14 +55,15 @@ class StateMatchMixin:
         rng = np.random.default_rng([int(seed) % 2**63, 2])
         n_conditions = len(self.conditions_)
         train = self._cell_data(self.adata)
-        joint = self._grouped(train).conditions.numpy()
+        grouped = self._grouped(train)
+        joint = grouped.conditions.numpy()
         group, condition = joint // n_conditions, joint % n_conditions
         own = _sample(np.flatnonzero(data.conditions.numpy() == source), rng)
         pool = _sample(np.flatnonzero(condition == source), rng)
         n_genes = self.module.n_input
-        sums = _group_sums(data, own, np.zeros(len(data), np.int64), 1, n_genes, batch_size)
-        cells_mean = sums[0] / len(own)
-        group_sums = _group_sums(train, pool, group, len(groups), n_genes, batch_size)
+        cells_mean = _code_sums(data, own, n_conditions, n_genes, batch_size)[source] / len(own)
+        sums = _code_sums(grouped, pool, len(groups) * n_conditions, n_genes, batch_size)
+        group_sums = sums[source::n_conditions]  # row group * n_conditions + source
         n_source = np.bincount(group[pool], minlength=len(groups))
         n_target = np.bincount(group[condition == target], minlength=len(groups))
         paired = np.flatnonzero((n_source > 0) & (n_target > 0))
@@ -82,19 +83,12 @@ class StateMatchMixin:
 
 
 @torch.no_grad()
-def _group_sums(
-    data: CellData,
-    cells: np.ndarray,
-    codes: np.ndarray,
-    n_codes: int,
-    n_genes: int,
-    batch_size: int,
+def _code_sums(
+    data: CellData, cells: np.ndarray, n_codes: int, n_genes: int, batch_size: int
 ) -> torch.Tensor:
-    """Per code (``codes`` of every cell of ``data``), the sum over ``cells`` of their values
-    (float64, codes x ``n_genes``)."""
-    sums, start = torch.zeros(n_codes, n_genes, dtype=torch.float64), 0
-    for x, _, _ in data.batches(cells, batch_size):
-        index = torch.from_numpy(codes[cells[start : start + len(x)]])
-        sums.index_add_(0, index, x.double())
-        start += len(x)
+    """Per code of ``data`` (its condition, or joint group and condition codes), the sum of
+    the values of its ``cells`` (float64, ``n_codes`` x ``n_genes``)."""
+    sums = torch.zeros(n_codes, n_genes, dtype=torch.float64)
+    for x, codes, _ in data.batches(cells, batch_size):
+        sums.index_add_(0, codes, x.double())
     return sums
