@@ -189,9 +189,12 @@ def test_quantile_widens_a_bimodal_response():
         mode: model.predict(ctrl, "stimulated", mode=mode).X[:, genes].var(0)
         for mode in ("residual", "quantile")
     }
-    assert var["quantile"].mean() > 1.2 * var["residual"].mean()  # measured 1.39x
-    r2 = {mode: np.corrcoef(v, real)[0, 1] ** 2 for mode, v in var.items()}
-    assert r2["quantile"] > r2["residual"] + 0.1  # measured 0.18 vs 0.004
+    # model seeds 0-4 (AMD EPYC, 2026-12-06): 1.28-1.72x wider, and closer to the real variances
+    # in mean |log ratio| in 5 of 5 (1.10 vs 1.35 at seed 0). The R² of the per-gene variances
+    # is no claim here: it ranged 0.005-0.135 over those seeds (residual 0.004-0.036).
+    assert var["quantile"].mean() > 1.2 * var["residual"].mean()
+    error = {mode: np.abs(np.log(v / real)).mean() for mode, v in var.items()}
+    assert error["quantile"] < error["residual"]
 
 
 def _pooled_shift(adata, group_key: str) -> np.ndarray:
