@@ -166,19 +166,19 @@ class ReadoutMixin:
         whose tables were matched to the cells' depth) and ``"state_weights"`` (the training
         groups' weights; absent where the tables were not state-matched)."""
         module, tables, info = self.module, self.module.readout, {"depth_matched": []}
-        if match_state:
-            rebuilt, weights = self._state_matched_tables(data, target, seed, batch_size, precision)
-            if rebuilt is not None:
-                tables, info["state_weights"] = rebuilt, weights
         if match_depth:
             conditions = [*torch.unique(data.conditions).tolist(), target]
             rebuilt, matched = self._depth_matched_tables(
-                data, conditions, seed, batch_size, precision, tables
+                data, conditions, seed, batch_size, precision
             )
             tables = tables if rebuilt is None else rebuilt
             info["depth_matched"] = matched
-            if self.conditions_[target] in matched:  # the depth's tables replace the state's
-                info.pop("state_weights", None)
+        if match_state and self.conditions_[target] not in info["depth_matched"]:
+            rebuilt, weights = self._state_matched_tables(
+                data, target, seed, batch_size, precision, tables
+            )
+            if rebuilt is not None:
+                tables, info["state_weights"] = rebuilt, weights
         per_condition = torch.zeros(len(self.conditions_))
         for code, weight in (anchors or {}).items():
             per_condition[code] = weight

@@ -19,7 +19,13 @@ class StateMatchMixin:
 
     @torch.no_grad()
     def _state_matched_tables(
-        self, data: CellData, target: int, seed: int, batch_size: int, precision: str
+        self,
+        data: CellData,
+        target: int,
+        seed: int,
+        batch_size: int,
+        precision: str,
+        stored: readout.QuantileTables | None = None,
     ) -> tuple[readout.QuantileTables | None, dict[str, float]]:
         """The target condition's read-out table rebuilt for the cells ``data`` from the
         training groups' target cells, each group weighted by how close its mean in the source
@@ -32,7 +38,7 @@ class StateMatchMixin:
         The means are over at most :data:`~trvae.data.depth.POOL_CELLS` cells of the source
         condition (and of ``data``), the table over
         :data:`~trvae.module.readout.TABLE_CELLS` target cells drawn with replacement (seeded);
-        the other conditions keep their stored tables."""
+        the other conditions keep their tables in ``stored`` (default: the model's)."""
         groups = self.init_params.get("mmd_groups") or []
         if len(groups) < 2 or len(data) == 0:
             return None, {}
@@ -78,7 +84,7 @@ class StateMatchMixin:
         per_cell = np.where(condition == target, share[group], 0.0)
         cells = rng.choice(len(joint), readout.TABLE_CELLS, p=per_cell / per_cell.sum())
         per_condition = [np.sort(cells) if c == target else cells[:0] for c in range(n_conditions)]
-        tables = self._tables_from(train, per_condition, batch_size, precision)
+        tables = self._tables_from(train, per_condition, batch_size, precision, stored)
         return tables, {groups[code]: float(w) for code, w in zip(paired, weights, strict=True)}
 
 
