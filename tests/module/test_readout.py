@@ -130,15 +130,31 @@ def test_match_shift_gives_the_reference_mean():
     cond = torch.ones(n, dtype=torch.long)
     mean = torch.from_numpy(rng.normal(3.0, 1.0, (n, g)).astype(np.float32))
     u = torch.from_numpy(rng.random((n, g)).astype(np.float32))
-    true_shift = torch.tensor([-0.4, -0.1, 0.0, 0.2, 0.5])
+    true_shift = torch.tensor([-2.0, -0.5, 0.0, 1.0, 3.0])
     reference = holder.target_values(u, mean, cond, 0.0, true_shift).mean(0)
     shift = holder.match_shift(u, mean, cond, 0.0, reference)
-    assert shift.shape == (g,) and (shift.abs() < 1).all()
+    assert shift.shape == (g,) and (shift.abs() < R.SHIFT_BOUND).all()
     got = holder.target_values(u, mean, cond, 0.0, shift).mean(0)
     torch.testing.assert_close(got, reference, atol=1e-5, rtol=1e-5)
-    # out of reach: the shift stops at the end of [-1, 1]
+    # out of reach: the shift stops at the end of its range
     far = holder.match_shift(u, mean, cond, 0.0, reference + 100.0)
-    assert torch.allclose(far, torch.ones(g), atol=1e-6)
+    assert torch.allclose(far, torch.full((g,), R.SHIFT_BOUND), atol=1e-5)
+
+
+def test_shift_levels_keeps_ranks_and_ends():
+    """A logit shift keeps the order of the levels, leaves 0 as the identity, moves the middle
+    more than the ends, and never reaches 0 or 1 (no pile at the table's ends)."""
+    u = torch.tensor([0.0, 0.05, 0.3, 0.5, 0.7, 0.95, 1.0])
+    torch.testing.assert_close(R.shift_levels(u, 0.0)[1:-1], u[1:-1])
+    for eta in (-3.0, -0.5, 0.5, 3.0):
+        moved = R.shift_levels(u, eta)
+        assert (moved.diff() > 0).all() and (moved > 0).all() and (moved < 1).all()
+    step = R.shift_levels(u, 0.5) - u
+    assert step[3] > step[1] > 0 and step[3] > step[5] > 0
+    # by hand: logit(0.5) = 0, sigmoid(1) = 0.7311
+    torch.testing.assert_close(
+        R.shift_levels(torch.tensor([0.5]), 1.0), torch.tensor([0.7311]), atol=1e-4, rtol=0
+    )
 
 
 def test_quantile_tables_state_dict():
