@@ -232,7 +232,7 @@ class ReadoutMixin:
             reference = residual + weight * (shifted - residual)
         reference = reference.mean(0, dtype=torch.float64).float().clamp_min(module.x_min)
         shift = tables.match_shift(u, to, cond, module.x_min, reference)
-        if anchored:  # what the level shift cannot reach (eta at -1 or 1), added to every
+        if anchored:  # what the level shift cannot reach (eta at its bound), added to every
             # value before the snap (a floor value the gap moves less than half-way to
             # detection stays at the floor; spreading the gap over the values above the floor
             # alone gave a few cells extreme values)
