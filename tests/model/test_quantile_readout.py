@@ -10,7 +10,7 @@ import torch
 
 import trvae
 from trvae import TRVAE, TRVAEError
-from trvae.module import readout
+from trvae.module import readout, state
 from trvae.module.anchor import AUTO_FALLBACK, auto_anchor
 
 SMALL = {"n_hidden": (32,), "n_latent": 4, "n_mmd": 16}
@@ -455,7 +455,7 @@ def test_state_matching_weights_the_groups_alike_in_state():
         np.stack([train[is_control & (train.obs["cell_type"] == g)].X.mean(0) for g in groups])
     )
     sizes = np.array([(~is_control & (train.obs["cell_type"] == g)).sum() for g in groups])
-    expected = readout.state_weights(means, torch.tensor(control.X.mean(0)), sizes)
+    expected = state.state_weights(means, torch.tensor(control.X.mean(0)), sizes)
     assert list(info["state_weights"]) == groups  # "a" has no stimulated training cells
     np.testing.assert_allclose(list(info["state_weights"].values()), expected, rtol=1e-5)
     assert info["state_weights"]["b"] > 0.5  # the group in the same state

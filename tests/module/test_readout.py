@@ -215,18 +215,3 @@ def test_target_values_snap_and_the_state_dict_keeps_detection():
     assert torch.equal(R.snap_to_detection(raw, 0.0, detection), values)
     with pytest.raises(ValueError, match="detection"):
         holder.set(edges, tables, torch.zeros(2))
-
-
-def test_state_weights_by_hand():
-    means = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
-    # squared distances to the cells' mean (0, 0): 0, 1, 4; between groups 1, 4, 5: median 4
-    weights = R.state_weights(means, torch.zeros(2), np.array([10, 20, 10]))
-    expected = np.array([10, 20 * np.exp(-1 / 4), 10 * np.exp(-4 / 4)])
-    np.testing.assert_allclose(weights, expected / expected.sum())
-    # only the groups' relative sizes count
-    np.testing.assert_allclose(
-        R.state_weights(means, torch.zeros(2), np.array([30, 60, 30])), weights
-    )
-    assert R.state_weights(means[:1], torch.zeros(2), np.array([5])) is None
-    same = torch.ones(3, 2)
-    assert R.state_weights(same, torch.zeros(2), np.array([1, 1, 1])) is None

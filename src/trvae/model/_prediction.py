@@ -218,7 +218,7 @@ class PredictionMixin:
         match_state
             MSE ``mode="quantile"``, a model with ``mmd_group_key`` and its training data: the
             target condition's table rebuilt from the groups' target cells weighted by how alike
-            their source-condition means are to the cells' (:mod:`trvae.module.readout`, step 5;
+            their source-condition means are to the cells' (:mod:`trvae.module.state`;
             weights in ``uns["trvae_prediction"]["state_weights"]``). On by default.
 
         Returns

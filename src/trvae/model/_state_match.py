@@ -1,6 +1,6 @@
-"""State matching of the quantile read-out's target table (:mod:`trvae.module.readout`,
-step 5): the training groups' target cells weighted by how alike their source-condition means
-are to the predicted cells'."""
+"""State matching of the quantile read-out's target table (:mod:`trvae.module.state`): the
+training groups' target cells weighted by how alike their source-condition means are to the
+predicted cells'."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 
 from trvae.data.cell_data import CellData
 from trvae.model._readout import _sample
-from trvae.module import readout
+from trvae.module import readout, state
 
 
 class StateMatchMixin:
@@ -30,7 +30,7 @@ class StateMatchMixin:
         """The target condition's read-out table rebuilt for the cells ``data`` from the
         training groups' target cells, each group weighted by how close its mean in the source
         condition (the cells' most common one other than the target) lies to theirs
-        (:mod:`trvae.module.readout`, step 5), and each group's weight by name; ``(None, {})``
+        (:mod:`trvae.module.state`), and each group's weight by name; ``(None, {})``
         without ``mmd_group_key``, without the training data (with a warning), without cells
         in another condition than the target, with fewer than two groups that have both
         conditions, or when their means do not differ.
@@ -76,7 +76,7 @@ class StateMatchMixin:
         if len(paired) < 2:
             return None, {}
         means = group_sums[paired] / torch.from_numpy(n_source[paired]).double()[:, None]
-        weights = readout.state_weights(means, cells_mean, n_target[paired])
+        weights = state.state_weights(means, cells_mean, n_target[paired])
         if weights is None:
             return None, {}
         share = np.zeros(len(groups))  # per target cell of a paired group

@@ -46,16 +46,9 @@ quantile read-out carries each cell's *rank* instead of its deviation:
    value's jump (``(detection - x_min) / n`` for ``n`` cells). Data without a gap
    above the floor (continuous values) have ``detection`` next to ``x_min``: nothing moves.
 
-5. **State matching** (:func:`state_weights`, ``predict(match_state=True)``, the default
-   with ``mmd_group_key`` and the training data at hand). The target condition's table pools
-   the residuals of every training group, but a held-out group's response spreads like those
-   of the groups it resembles: on the development sets (Kang counts and the synthetic sets)
-   a table rebuilt per prediction from the training groups' target cells, each group weighted
-   by its size times ``exp(-(d_g - min d) / h)`` (``d_g`` the squared distance over all
-   genes between the group's mean and the predicted cells' mean in their source condition,
-   ``h`` the median of it between training groups: the state ratio's weights of
-   :mod:`trvae.module.anchor`), raised the mean variance R² on each of the six sets where
-   it was screened (``docs/choosing-parameters.md``).
+5. **State matching** (:mod:`trvae.module.state`, ``predict(match_state=True)``): the target
+   condition's table rebuilt per prediction from the training groups that resemble the
+   predicted cells.
 
 Tables are held by :class:`QuantileTables` (buffers ``edges``, conditions x (B - 1) x genes,
 ``tables``, conditions x B x Q x genes, and ``detection``, genes, float32), a submodule of
@@ -394,30 +387,3 @@ class QuantileTables(nn.Module):
             self.set(found["edges"], found["tables"], state_dict.get(prefix + "detection"))
         except ValueError as err:
             errors.append(f"{prefix}: {err}")
-
-
-def state_weights(means: Tensor, cells_mean: Tensor, sizes: np.ndarray) -> np.ndarray | None:
-    """Weights (summing to 1) of the training groups whose source-condition ``means`` (groups x
-    genes) lie at squared distances ``d`` from the predicted cells' mean ``cells_mean``:
-    ``sizes * exp(-(d - min d) / h)``, ``h`` the median squared distance between the groups;
-    ``None`` when ``h`` is 0 (the groups' means do not differ) or there is one group.
-
-    Examples
-    --------
-    >>> import torch
-    >>> means = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
-    >>> # d = 0, 1, 4; h = median(1, 4, 5) = 4; weights exp(0), exp(-1/4), exp(-1)
-    >>> state_weights(means, torch.zeros(2), np.array([10, 10, 10])).round(3)
-    array([0.466, 0.363, 0.171])
-    """
-    if len(means) < 2:
-        return None
-    means = means.double()
-    distance = ((means - cells_mean.double()) ** 2).sum(1)
-    between = torch.pdist(means) ** 2
-    bandwidth = torch.quantile(between, 0.5)
-    if not bandwidth > 0:
-        return None
-    weights = torch.from_numpy(np.asarray(sizes, np.float64))
-    weights = weights * torch.exp(-(distance - distance.min()) / bandwidth)
-    return (weights / weights.sum()).numpy()
