@@ -63,10 +63,10 @@ DEFAULTS_PARAGRAPH = (
     "the quantile read-out's snap of values between the floor and one count; its mean match "
     "(the decoder's change averaged before the floor) on `kang-counts` and the synthetic sets "
     "alone; the target condition's read-out table matched to the predicted cells' state "
-    "(training groups weighted by how close their control means lie) on `kang-counts` and "
-    "all five synthetic sets, `three_conditions` included, its only part in any choice. The "
-    "`kang` rows were not used for it. Only a data set outside the project (`--data`) is a "
-    "clean test."
+    "(training groups weighted by how close their control means lie) and the mean match's "
+    "shift of the levels on the logit scale on `kang-counts` and all five synthetic sets, "
+    "`three_conditions` included (these two are its only part in any choice). The `kang` rows "
+    "were not used for them. Only a data set outside the project (`--data`) is a clean test."
 )
 
 
