@@ -131,3 +131,16 @@ def test_batches_cover_shuffle_and_drop(dense):
     seen = torch.cat(first)
     assert sorted(map(tuple, seen.tolist())) == sorted(map(tuple, dense[:35].tolist()))
     assert not torch.equal(seen, torch.from_numpy(dense[:35]))
+
+
+def test_code_sums_by_hand():
+    x = np.array([[1.0, 2.0], [3.0, 0.0], [0.0, 5.0], [2.0, 2.0]], dtype=np.float32)
+    data = CellData(sparse.csr_matrix(x), np.array([0, 1, 0, 1]))
+    cells = np.array([0, 1, 2])  # cell 3 left out
+    sums = data.code_sums(cells, 3, 2, batch_size=2)
+    torch.testing.assert_close(sums, torch.tensor([[1.0, 7.0], [3.0, 0.0], [0.0, 0.0]]).double())
+    both = data.code_sums(cells, 3, 2, batch_size=2, squares=True)
+    torch.testing.assert_close(both[0], sums)
+    torch.testing.assert_close(
+        both[1], torch.tensor([[1.0, 29.0], [9.0, 0.0], [0.0, 0.0]]).double()
+    )

@@ -172,6 +172,20 @@ class CellData:
         x = self.rows(idx)
         return x, self.conditions[torch.as_tensor(idx)], x.sum(1)
 
+    @torch.no_grad()
+    def code_sums(
+        self, cells: np.ndarray, n_codes: int, n_genes: int, batch_size: int, squares: bool = False
+    ) -> torch.Tensor:
+        """Per condition code, the sum over ``cells`` of their rows (float64, ``n_codes`` x
+        ``n_genes``); with ``squares``, stacked with the sums of squares (2 x codes x genes)."""
+        out = torch.zeros(2 if squares else 1, n_codes, n_genes, dtype=torch.float64)
+        for x, codes, _ in self.batches(cells, batch_size):
+            x = x.double()
+            out[0].index_add_(0, codes, x)
+            if squares:
+                out[1].index_add_(0, codes, x**2)
+        return out if squares else out[0]
+
     def batches(
         self,
         indices: np.ndarray,

@@ -67,8 +67,8 @@ class StateMatchMixin:
         own = _sample(np.flatnonzero(data.conditions.numpy() == source), rng)
         pool = _sample(np.flatnonzero(condition == source), rng)
         n_genes = self.module.n_input
-        cells_mean = _code_sums(data, own, n_conditions, n_genes, batch_size)[source] / len(own)
-        sums = _code_sums(grouped, pool, len(groups) * n_conditions, n_genes, batch_size)
+        cells_mean = data.code_sums(own, n_conditions, n_genes, batch_size)[source] / len(own)
+        sums = grouped.code_sums(pool, len(groups) * n_conditions, n_genes, batch_size)
         group_sums = sums[source::n_conditions]  # row group * n_conditions + source
         n_source = np.bincount(group[pool], minlength=len(groups))
         n_target = np.bincount(group[condition == target], minlength=len(groups))
@@ -86,15 +86,3 @@ class StateMatchMixin:
         per_condition = [np.sort(cells) if c == target else cells[:0] for c in range(n_conditions)]
         tables = self._tables_from(train, per_condition, batch_size, precision, stored)
         return tables, {groups[code]: float(w) for code, w in zip(paired, weights, strict=True)}
-
-
-@torch.no_grad()
-def _code_sums(
-    data: CellData, cells: np.ndarray, n_codes: int, n_genes: int, batch_size: int
-) -> torch.Tensor:
-    """Per code of ``data`` (its condition, or joint group and condition codes), the sum of
-    the values of its ``cells`` (float64, ``n_codes`` x ``n_genes``)."""
-    sums = torch.zeros(n_codes, n_genes, dtype=torch.float64)
-    for x, codes, _ in data.batches(cells, batch_size):
-        sums.index_add_(0, codes, x.double())
-    return sums

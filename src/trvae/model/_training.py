@@ -167,11 +167,8 @@ class TrainingMixin:
         ``data``, whose codes are ``group * n_conditions + condition`` (:meth:`_grouped`)."""
         n_conditions = len(self.conditions_)
         n_codes = n_conditions * max(1, len(self.init_params.get("mmd_groups") or []))
-        sums = torch.zeros(n_codes, self.module.n_input, dtype=torch.float64)
-        sq_sums = torch.zeros_like(sums)
-        for x, codes, _ in data.batches(np.arange(len(data)), batch_size):
-            sums.index_add_(0, codes, x.double())
-            sq_sums.index_add_(0, codes, x.double() ** 2)
+        every = np.arange(len(data))
+        sums, sq_sums = data.code_sums(every, n_codes, self.module.n_input, batch_size, True)
         counts = torch.bincount(data.conditions, minlength=n_codes)
         self.module.mean_shifts.set(sums, counts, n_conditions, sq_sums)
 
