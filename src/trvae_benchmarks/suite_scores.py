@@ -63,10 +63,12 @@ DEFAULTS_PARAGRAPH = (
     "the quantile read-out's snap of values between the floor and one count; its mean match "
     "(the decoder's change averaged before the floor) on `kang-counts` and the synthetic sets "
     "alone; the target condition's read-out table matched to the predicted cells' state "
-    "(training groups weighted by how close their control means lie) and the mean match's "
-    "shift of the levels on the logit scale on `kang-counts` and all five synthetic sets, "
-    "`three_conditions` included (these two are its only part in any choice). The `kang` rows "
-    "were not used for them. Only a data set outside the project (`--data`) is a clean test."
+    "(training groups weighted by how close their control means lie), the mean match's "
+    "shift of the levels on the logit scale and the non-zero match (each gene's fraction of "
+    "cells above the floor moved half-way toward the predicted cells' own curve from mean to "
+    "non-zero fraction) on `kang-counts` and all five synthetic sets, `three_conditions` "
+    "included (these three are its only part in any choice). The `kang` rows were not used "
+    "for them. Only a data set outside the project (`--data`) is a clean test."
 )
 
 

@@ -129,6 +129,7 @@ class PredictionMixin:
         group_key: str | None = None,
         match_depth: bool = False,
         match_state: bool = True,
+        match_nonzero: bool = True,
     ) -> AnnData:
         """Carry cells to ``target_condition``: encode with their condition, decode with the target.
 
@@ -220,6 +221,12 @@ class PredictionMixin:
             target condition's table rebuilt from the groups' target cells weighted by how alike
             their source-condition means are to the cells' (:mod:`trvae.module.state`;
             weights in ``uns["trvae_prediction"]["state_weights"]``). On by default.
+        match_nonzero
+            MSE ``mode="quantile"``: each gene's fraction of cells above the floor moved
+            half-way from the read-out's own toward the curve from mean to non-zero fraction of
+            the cells to predict, at the gene's predicted mean, which is kept
+            (:mod:`trvae.module.nonzero`; ``uns["trvae_prediction"]["nonzero_matched"]``: the
+            genes moved). On by default.
 
         Returns
         -------
@@ -255,7 +262,7 @@ class PredictionMixin:
                 "source_condition": source_condition, "return_mean": return_mean, "mode": mode,
                 "batch_size": batch_size, "seed": seed, "accelerator": accelerator,
                 "precision": precision, "anchor": anchor, "match_depth": match_depth,
-                "match_state": match_state,
+                "match_state": match_state, "match_nonzero": match_nonzero,
             }  # fmt: skip
             return self._predict_groups(adata, target_condition, group_key, out, kwargs)
         likelihood = self.init_params["likelihood"]
@@ -284,7 +291,7 @@ class PredictionMixin:
         if mode == "quantile" and likelihood == "mse":
             fn, matched = self._quantile_fn(
                 data, target, seed, batch_size, accelerator, precision, anchors, match_depth,
-                match_state,
+                match_state, match_nonzero,
             )  # fmt: skip
         values = mode if mode != "decode" else ("mean" if return_mean else "sample")
         uns = {

@@ -12,7 +12,7 @@ import torch
 from trvae._errors import TRVAEError
 from trvae.data import depth
 from trvae.data.cell_data import CellData
-from trvae.module import count_quantile, readout
+from trvae.module import count_quantile, nonzero, readout
 from trvae.module.anchor import check_anchor
 
 
@@ -151,6 +151,7 @@ class ReadoutMixin:
         anchors: dict[int, float] | None = None,
         match_depth: bool = False,
         match_state: bool = False,
+        match_nonzero: bool = False,
     ):
         """The batch function of ``mode="quantile"`` (:mod:`trvae.module.readout`), after its
         first pass: the per-gene shift that matches the residual read-out's mean before its
@@ -162,9 +163,13 @@ class ReadoutMixin:
         per source condition code (:meth:`_anchor_weights`; none: 0). ``match_depth``: tables
         from :meth:`_depth_matched_tables` where it builds any. ``match_state``: the target
         condition's table from :meth:`_state_matched_tables` (unless depth matching rebuilt
-        it). Returns the function and what was matched: ``"depth_matched"`` (the conditions
-        whose tables were matched to the cells' depth) and ``"state_weights"`` (the training
-        groups' weights; absent where the tables were not state-matched)."""
+        it). ``match_nonzero``: each gene's non-zero fraction moved toward the predicted cells'
+        curve (:mod:`trvae.module.nonzero`), the values above the floor keeping their shape
+        and the mean. Returns the function and what
+        was matched: ``"depth_matched"`` (the conditions whose tables were matched to the cells'
+        depth), ``"state_weights"`` (the training groups' weights; absent where the tables
+        were not state-matched) and ``"nonzero_matched"`` (the number of genes whose non-zero
+        fraction moved; absent without ``match_nonzero``)."""
         module, tables, info = self.module, self.module.readout, {"depth_matched": []}
         if match_depth:
             conditions = [*torch.unique(data.conditions).tolist(), target]
@@ -200,17 +205,20 @@ class ReadoutMixin:
 
             def fn(x, c, lib):
                 nonlocal position
-                u, source, to = levels(x, c, lib, position)
-                position += len(x)
+                start, position = position, position + len(x)
+                u, source, to = levels(x, c, lib, start)
+                ties = nonzero.tie_noise(seed, start, tuple(x.shape), x.device)
                 if first_pass:  # the decoder's change moves the expected value: not floored
                     residual = x + to - source
                     if not anchored:
-                        return torch.cat([u, to, residual], dim=1)
+                        return torch.cat([u, to, residual, x, ties], dim=1)
                     shifted = x + module.mean_shifts.change(c, target, source)
                     weight = module.mean_shifts.weights(c, target, per_condition.to(x.device)[c])
-                    return torch.cat([u, to, residual, shifted, weight], dim=1)
+                    return torch.cat([u, to, residual, x, ties, shifted, weight], dim=1)
                 cond = torch.full_like(c, target)
                 values = tables.target_values(u, to, cond, module.x_min, shift.to(x.device))
+                if nonzero_map is not None:
+                    values = nonzero_map(values, ties)
                 if gap is None:
                     return values
                 moved = (values + gap.to(x.device)).clamp_min(module.x_min)
@@ -220,11 +228,12 @@ class ReadoutMixin:
 
         first = self._outputs(data, batch_function(True), batch_size, accelerator, precision, cells)
         parts = [part.cpu() for part in first]
-        gap = None
+        gap = nonzero_map = None
         if not parts:  # no cells: nothing to match
             shift = torch.zeros(module.n_input)
             return batch_function(False), info
-        u, to, residual, *extra = torch.cat(parts).chunk(5 if anchored else 3, dim=1)
+        chunks = torch.cat(parts).chunk(7 if anchored else 5, dim=1)
+        u, to, residual, source_x, ties, *extra = chunks
         cond = torch.full((len(u),), target, dtype=torch.long)
         reference = residual
         if anchored:  # per cell and gene: the quiet genes take the mean shift's change
@@ -232,11 +241,20 @@ class ReadoutMixin:
             reference = residual + weight * (shifted - residual)
         reference = reference.mean(0, dtype=torch.float64).float().clamp_min(module.x_min)
         shift = tables.match_shift(u, to, cond, module.x_min, reference)
+        values = tables.target_values(u, to, cond, module.x_min, shift)
+        if match_nonzero and tables.detection is not None:
+            x_min = float(module.x_min)
+            curve = nonzero.nonzero_curve(source_x, x_min)
+            nonzero_map = nonzero.NonzeroMap(
+                values, ties, x_min, tables.detection, reference, curve
+            )
+            values = nonzero_map(values, ties)
+            info["nonzero_matched"] = int(nonzero_map.moves.sum())
         if anchored:  # what the level shift cannot reach (eta at its bound), added to every
             # value before the snap (a floor value the gap moves less than half-way to
             # detection stays at the floor; spreading the gap over the values above the floor
             # alone gave a few cells extreme values)
-            gap = reference - tables.target_values(u, to, cond, module.x_min, shift).mean(0)
+            gap = reference - values.mean(0)
         return batch_function(False), info
 
     def _depth_matched_tables(

@@ -49,6 +49,10 @@ quantile read-out carries each cell's *rank* instead of its deviation:
 5. **State matching** (:mod:`trvae.module.state`, ``predict(match_state=True)``): the target
    condition's table rebuilt per prediction from the training groups that resemble the
    predicted cells.
+6. **Non-zero matching** (:mod:`trvae.module.nonzero`, ``predict(match_nonzero=True)``):
+   each gene's fraction of cells above the floor moved half-way toward the predicted cells'
+   own curve from mean to non-zero fraction, the values above the floor keeping their shape
+   and the gene its mean.
 
 Tables are held by :class:`QuantileTables` (buffers ``edges``, conditions x (B - 1) x genes,
 ``tables``, conditions x B x Q x genes, and ``detection``, genes, float32), a submodule of
@@ -346,11 +350,13 @@ class QuantileTables(nn.Module):
         x_min: float | Tensor,
         reference: Tensor,
         steps: int = MATCH_STEPS,
+        statistic=None,
     ) -> Tensor:
         """The per-gene logit shift ``eta`` of the levels (:func:`shift_levels`), in
         ``[-SHIFT_BOUND, SHIFT_BOUND]``, that makes the mean over the cells of
         :meth:`target_values` (of ``u, mean, cond, x_min``) equal ``reference`` (one value per
-        gene), by bisection.
+        gene), by bisection; ``statistic`` (values -> one number per gene, increasing with
+        ``eta``) replaces the mean.
 
         The read-out's mean increases with ``eta``; a ``reference`` out of reach gives
         ``-SHIFT_BOUND`` or ``SHIFT_BOUND``. Computed in blocks of :data:`GENE_BLOCK` genes.
@@ -367,7 +373,7 @@ class QuantileTables(nn.Module):
             for _ in range(steps):
                 mid = (lo + hi) / 2
                 value = read_values(sub, rows, m, shift_levels(level, mid), x_min, detection)
-                value = value.mean(0)
+                value = value.mean(0) if statistic is None else statistic(value)
                 up = value < ref
                 lo, hi = torch.where(up, mid, lo), torch.where(up, hi, mid)
             shift[cols] = (lo + hi) / 2
