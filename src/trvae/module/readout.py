@@ -350,13 +350,11 @@ class QuantileTables(nn.Module):
         x_min: float | Tensor,
         reference: Tensor,
         steps: int = MATCH_STEPS,
-        statistic=None,
     ) -> Tensor:
         """The per-gene logit shift ``eta`` of the levels (:func:`shift_levels`), in
         ``[-SHIFT_BOUND, SHIFT_BOUND]``, that makes the mean over the cells of
         :meth:`target_values` (of ``u, mean, cond, x_min``) equal ``reference`` (one value per
-        gene), by bisection; ``statistic`` (values -> one number per gene, increasing with
-        ``eta``) replaces the mean.
+        gene), by bisection.
 
         The read-out's mean increases with ``eta``; a ``reference`` out of reach gives
         ``-SHIFT_BOUND`` or ``SHIFT_BOUND``. Computed in blocks of :data:`GENE_BLOCK` genes.
@@ -373,7 +371,7 @@ class QuantileTables(nn.Module):
             for _ in range(steps):
                 mid = (lo + hi) / 2
                 value = read_values(sub, rows, m, shift_levels(level, mid), x_min, detection)
-                value = value.mean(0) if statistic is None else statistic(value)
+                value = value.mean(0)
                 up = value < ref
                 lo, hi = torch.where(up, mid, lo), torch.where(up, hi, mid)
             shift[cols] = (lo + hi) / 2
