@@ -10,7 +10,6 @@ import pandas as pd
 import torch
 
 from trvae._errors import TRVAEError
-from trvae.data import depth
 from trvae.data.cell_data import CellData
 from trvae.module import count_quantile, nonzero, readout
 from trvae.module.anchor import check_anchor
@@ -256,96 +255,3 @@ class ReadoutMixin:
             # alone gave a few cells extreme values)
             gap = reference - values.mean(0)
         return batch_function(False), info
-
-    def _depth_matched_tables(
-        self,
-        data: CellData,
-        conditions: list[int],
-        seed: int,
-        batch_size: int,
-        precision: str,
-        stored: readout.QuantileTables | None = None,
-    ) -> tuple[readout.QuantileTables | None, list[str]]:
-        """Read-out tables for the cells ``data`` built from training cells resampled to their
-        depth (:mod:`trvae.data.depth`) in each of ``conditions`` whose training cells lie at
-        another depth, and the names of those conditions; ``(None, [])`` when there are none,
-        the data are not log-normalised counts or the training data are not at hand.
-
-        The training cells are those of the model's AnnData (at most
-        :data:`~trvae.data.depth.POOL_CELLS` per condition, seeded), the cells ``data`` at
-        most as many; the other conditions keep their tables in ``stored`` (default: the
-        model's)."""
-        if self.adata is None or float(self.module.x_min) != 0.0 or len(data) < 2:
-            return None, []
-        rng = np.random.default_rng([int(seed) % 2**63, 1])
-        reference = _sample(np.arange(len(data)), rng)
-        ref_depth, ref_counts = _depths(data, reference, batch_size)
-        if not ref_counts:
-            return None, []
-        train = self._cell_data(self.adata)
-        codes = train.conditions.numpy()
-        pools = [  # only the conditions this prediction reads are measured
-            _sample(np.flatnonzero(codes == c), rng) if c in conditions else np.zeros(0, int)
-            for c in range(len(self.conditions_))
-        ]
-        every = np.concatenate(pools)
-        order = np.argsort(every, kind="stable")  # on-disk data are read in ascending rows
-        in_order, pool_counts = _depths(train, every[order], batch_size)
-        if not pool_counts:
-            return None, []
-        pool_depth = np.empty(len(every))
-        pool_depth[order] = in_order
-        per_condition, matched, start = [], [], 0
-        for code, cells in enumerate(pools):
-            own = pool_depth[start : start + len(cells)]
-            start += len(cells)
-            size = min(len(cells), readout.TABLE_CELLS)
-            if len(cells) and depth.depth_differs(own, ref_depth):
-                cells = np.sort(depth.resample_to_depth(cells, own, ref_depth, size, rng))
-                matched.append(self.conditions_[code])
-            else:  # keeps its stored tables
-                cells = cells[:0]
-            per_condition.append(cells)
-        if not matched:
-            return None, []
-        return self._tables_from(train, per_condition, batch_size, precision, stored), matched
-
-    def _tables_from(
-        self,
-        train: CellData,
-        per_condition: list[np.ndarray],
-        batch_size: int,
-        precision: str,
-        stored: readout.QuantileTables | None = None,
-    ) -> readout.QuantileTables:
-        """Read-out tables built from the training cells ``per_condition[code]`` (repeats
-        allowed) for each condition that has any; the others keep theirs in ``stored``
-        (default: the model's)."""
-        stored = self.module.readout if stored is None else stored
-        edges, table, _ = self._readout_tables(train, per_condition, batch_size, precision)
-        keep = torch.tensor([len(cells) == 0 for cells in per_condition])
-        edges[keep], table[keep] = stored.edges[keep], stored.tables[keep]
-        tables = readout.QuantileTables()
-        tables.set(edges, table, stored.detection)
-        return tables
-
-
-def _sample(cells: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """At most :data:`~trvae.data.depth.POOL_CELLS` of ``cells``, sorted (seeded)."""
-    if len(cells) <= depth.POOL_CELLS:
-        return cells
-    return np.sort(rng.choice(cells, depth.POOL_CELLS, replace=False))
-
-
-@torch.no_grad()
-def _depths(data: CellData, cells: np.ndarray, batch_size: int) -> tuple[np.ndarray, bool]:
-    """:func:`~trvae.data.depth.log_depth` of ``cells`` and whether the first batch looks like
-    log-normalised counts (:func:`~trvae.data.depth.looks_like_log_counts`)."""
-    out, counts = [np.zeros(0)], None
-    for x, _, _ in data.batches(cells, batch_size):
-        if counts is None:
-            counts = depth.looks_like_log_counts(x)
-            if not counts:
-                return np.zeros(0), False
-        out.append(depth.log_depth(x))
-    return np.concatenate(out), bool(counts)

@@ -17,11 +17,12 @@ from trvae._errors import TRVAEError, check_option
 from trvae.data import validation as V
 from trvae.data.cell_data import CellData
 from trvae.model._assessment import AssessmentMixin
+from trvae.model._inference import InferenceMixin
 from trvae.model._prediction import PredictionMixin
 from trvae.model._readout import ReadoutMixin
 from trvae.model._response import ResponseMixin
 from trvae.model._save_load import SaveLoadMixin
-from trvae.model._state_match import StateMatchMixin
+from trvae.model._table_match import TableMatchMixin
 from trvae.model._training import TrainingMixin
 from trvae.module import ARCHITECTURES, DECODER_CONDITIONING, LIKELIHOODS, MMD_ON, TRVAEModule
 from trvae.module.anchor import check_anchor
@@ -53,9 +54,10 @@ DEFAULT_DECODER_CONDITIONING: dict[bool, str] = {False: "mmd_layer", True: "all_
 class TRVAE(
     TrainingMixin,
     PredictionMixin,
+    InferenceMixin,
     ResponseMixin,
     ReadoutMixin,
-    StateMatchMixin,
+    TableMatchMixin,
     AssessmentMixin,
     SaveLoadMixin,
 ):

@@ -21,7 +21,8 @@ import torch
 from scipy.optimize import isotonic_regression
 from torch import Tensor
 
-from trvae.module.readout import _rows, cdf_at, column_quantiles, quantile_at
+from trvae.module.quantiles import column_quantiles
+from trvae.module.readout import _rows, cdf_at, quantile_at
 
 #: How far each gene's non-zero fraction moves from the read-out's own toward the curve.
 NONZERO_WEIGHT = 0.5

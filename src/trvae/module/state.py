@@ -1,7 +1,7 @@
 """State matching of the quantile read-out (:mod:`trvae.module.readout`, step 5).
 
 ``predict(match_state=True)``, the default with ``mmd_group_key`` and the training data at
-hand (:class:`~trvae.model._state_match.StateMatchMixin`). The target condition's table pools
+hand (:class:`~trvae.model._table_match.TableMatchMixin`). The target condition's table pools
 the residuals of every training group, but a held-out group's response spreads like those
 of the groups it resembles: on the development sets (Kang counts and the synthetic sets)
 a table rebuilt per prediction from the training groups' target cells, each group weighted
