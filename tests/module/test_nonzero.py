@@ -53,6 +53,7 @@ def test_map_sets_the_fraction_keeps_the_mean_and_the_order():
     detection = torch.tensor([0.5, 0.5, 0.5])
     mapped_by = N.NonzeroMap(values, noise, 0.0, detection, means, curve)
     mapped = mapped_by(values, noise)
+    assert torch.equal(mapped_by.mapped, mapped)  # kept from the fit: the same numbers
     current = (values > 0).float().mean(0).numpy()
     goal = current + N.NONZERO_WEIGHT * (goal_curve - current)
     n = len(values)

@@ -38,3 +38,16 @@ def test_column_quantiles_match_numpy_and_one_bin():
     )
     assert torch.equal(got, one_bin[0])
     assert torch.equal(Q.column_quantiles(torch.zeros(0, 5), levels), torch.zeros(11, 5))
+
+
+def test_pooled_quantiles_come_from_the_same_sort():
+    rng = np.random.default_rng(5)
+    values = torch.from_numpy(rng.normal(size=(150, 6)).astype(np.float32)).clamp_min(0.0)
+    bins = torch.from_numpy(rng.integers(0, 4, size=(150, 6)))
+    levels = R.quantile_levels(17)
+    per_bin, counts, pooled = Q.binned_quantiles(values, bins, 4, levels, pooled=True)
+    alone, alone_counts = Q.binned_quantiles(values, bins, 4, levels)
+    assert torch.equal(per_bin, alone) and torch.equal(counts, alone_counts)
+    assert torch.equal(pooled, Q.column_quantiles(values, levels))
+    empty = Q.binned_quantiles(torch.zeros(0, 6), torch.zeros(0, 6), 4, levels, pooled=True)
+    assert empty[2].shape == (17, 6) and not empty[2].any()

@@ -199,3 +199,26 @@ def test_target_values_snap_and_the_state_dict_keeps_detection():
     assert torch.equal(R.snap_to_detection(raw, 0.0, detection), values)
     with pytest.raises(ValueError, match="detection"):
         holder.set(edges, tables, torch.zeros(2))
+
+
+def test_cdf_counts_the_stored_quantiles_at_or_below_for_any_table_length():
+    rng = np.random.default_rng(7)
+    for n_q in (2, 3, 16, 33, 257):
+        tables = torch.from_numpy(rng.normal(size=(2, 3, n_q, 20)).astype(np.float32))
+        tables[..., : n_q // 2, :5] = 0.0  # ties
+        tables = tables.sort(dim=2).values
+        cond = torch.from_numpy(rng.integers(0, 2, 40))
+        bins = torch.from_numpy(rng.integers(0, 3, (40, 20)))
+        v = torch.from_numpy(rng.normal(size=(40, 20)).astype(np.float32))
+        v[:, ::4] = 0.0
+        v[0, 1], v[1, 1] = -np.inf, np.inf
+        column = tables[cond[:, None], bins, :, torch.arange(20)]  # 40 x 20 x Q
+        count = (column <= v[..., None]).sum(-1)
+        inner = count.clamp(1, n_q - 1)
+        lower = column.gather(-1, (inner - 1)[..., None])[..., 0]
+        upper = column.gather(-1, inner[..., None])[..., 0]
+        frac = ((v - lower) / (upper - lower).clamp_min(1e-30)).clamp(0.0, 1.0)
+        want = torch.where(
+            count == 0, 0.0, torch.where(count == n_q, 1.0, (inner - 1 + frac) / (n_q - 1))
+        )
+        assert torch.equal(R.cdf_at(tables, R._rows(tables, cond, bins), v), want), n_q

@@ -205,6 +205,8 @@ class ReadoutMixin:
             def fn(x, c, lib):
                 nonlocal position
                 start, position = position, position + len(x)
+                if done is not None:  # every cell was in the first pass: its values
+                    return done[start:position].to(x.device)
                 u, source, to = levels(x, c, lib, start)
                 ties = nonzero.tie_noise(seed, start, tuple(x.shape), x.device)
                 if first_pass:  # the decoder's change moves the expected value: not floored
@@ -225,6 +227,7 @@ class ReadoutMixin:
 
             return fn
 
+        done = None  # the second pass's values, where the first pass computed them all
         first = self._outputs(data, batch_function(True), batch_size, accelerator, precision, cells)
         parts = [part.cpu() for part in first]
         gap = nonzero_map = None
@@ -247,11 +250,16 @@ class ReadoutMixin:
             nonzero_map = nonzero.NonzeroMap(
                 values, ties, x_min, tables.detection, reference, curve
             )
-            values = nonzero_map(values, ties)
+            values, nonzero_map.mapped = nonzero_map.mapped, None  # not kept with the map
             info["nonzero_matched"] = int(nonzero_map.moves.sum())
         if anchored:  # what the level shift cannot reach (eta at its bound), added to every
             # value before the snap (a floor value the gap moves less than half-way to
             # detection stays at the floor; spreading the gap over the values above the floor
             # alone gave a few cells extreme values)
             gap = reference - values.mean(0)
+        if len(cells) == len(data):  # the second pass would compute the same numbers again
+            done = values
+            if gap is not None:
+                done = (values + gap).clamp_min(module.x_min)
+                done = readout.snap_to_detection(done, module.x_min, tables.detection)
         return batch_function(False), info

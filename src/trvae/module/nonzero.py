@@ -138,14 +138,16 @@ class NonzeroMap:
         n = len(values)
         self.moves = ((goal - self.current).abs() * n >= 1) & (self.current > 0)
         # the cut between the k-th and (k + 1)-th smallest rank: k = (1 - goal) n cells below
-        ranks = self._rank(values, noise)[0].sort(0).values
-        ends = torch.ones_like(ranks[:1])
-        padded = torch.cat([0 * ends, ranks, ends])
+        rank, rows = self._rank(values, noise)
+        ends = torch.ones_like(rank[:1])
+        padded = torch.cat([0 * ends, rank.sort(0).values, ends])
         below = ((1 - goal) * n).round().long().clamp(0, n)[None]
         self.cut = ((padded.gather(0, below) + padded.gather(0, below + 1)) / 2)[0]
         self.offset = torch.zeros_like(self.current)
-        offset = match_offset(self(values, noise), x_min, detection, reference)
+        offset = match_offset(self._map(values, rank, rows), x_min, detection, reference)
         self.offset = torch.where(self.moves, offset, self.offset)
+        #: the fitted cells' values mapped: what calling the map on them returns
+        self.mapped = self._map(values, rank, rows)
 
     def _rank(self, values: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
         """Each entry's rank among the fitted cells, and its rows in :attr:`table`."""
@@ -158,8 +160,11 @@ class NonzeroMap:
 
     def __call__(self, values: Tensor, noise: Tensor) -> Tensor:
         """The mapped ``values`` (cells x genes; ``noise`` as :func:`tie_noise`)."""
+        return self._map(values, *self._rank(values, noise))
+
+    def _map(self, values: Tensor, rank: Tensor, rows: Tensor) -> Tensor:
+        """:meth:`__call__` of ``values`` whose :meth:`_rank` is ``rank, rows``."""
         device = values.device
-        rank, rows = self._rank(values, noise)
         current, cut = self.current.to(device), self.cut.to(device)
         level = 1 - current + current * (rank - cut) / (1 - cut).clamp_min(1e-12)
         mapped = quantile_at(self.table.to(device), rows, level.clamp(0.0, 1.0))
