@@ -90,6 +90,8 @@ SHIFT_BOUND = 12.0
 LEVEL_EPS = 1e-4
 #: Genes per block where a block's memory is cells x genes x levels.
 GENE_BLOCK = 1024
+#: Entries per chunk of :func:`cdf_at`'s search.
+CDF_CHUNK = 1 << 18
 
 
 # ---------------------------------------------------------------------------- tables
@@ -172,29 +174,33 @@ def cdf_at(tables: torch.Tensor, rows: torch.Tensor, v: torch.Tensor) -> torch.T
     quantiles ``<= v``, then linear interpolation; 0 below the smallest value, 1 from the
     largest.
     """
-    flat, n_q, n_genes = tables.reshape(-1), tables.shape[2], tables.shape[3]
+    n_q, n_genes = tables.shape[2], tables.shape[3]
     # the search runs on a copy padded with +inf to 2P levels (P the largest power of two
     # <= Q), so that no step needs a bound check; the probes are those of a search on the
     # table itself, which matters where rounding leaves a table a hair out of order
-    step = 1 << (n_q.bit_length() - 1)
-    padded = tables.new_full((*tables.shape[:2], 2 * step, n_genes), float("inf"))
+    width = 1 << (n_q.bit_length() - 1)
+    padded = tables.new_full((*tables.shape[:2], 2 * width, n_genes), float("inf"))
     padded[:, :, :n_q] = tables
-    padded = padded.reshape(-1)
-    start = rows + torch.div(rows, n_q * n_genes, rounding_mode="floor") * (
-        (2 * step - n_q) * n_genes
-    )
-    start -= n_genes  # flat index of level -1 in the padded table: level count - 1 below
-    found = start.clone()
-    while step:
-        found += (padded.take(found + step * n_genes) <= v) * (step * n_genes)
-        step >>= 1
-    count = torch.div(found - start, n_genes, rounding_mode="floor")
-    inner = count.clamp(1, n_q - 1)  # v lies in [T[count - 1], T[count])
-    lower = flat.take(rows + (inner - 1) * n_genes)
-    upper = flat.take(rows + inner * n_genes)
-    frac = ((v - lower) / (upper - lower).clamp_min(1e-30)).clamp(0.0, 1.0)
-    u = (inner - 1 + frac) / (n_q - 1)
-    return torch.where(count == 0, 0.0, torch.where(count == n_q, 1.0, u))
+    flat, padded, parts = tables.reshape(-1), padded.reshape(-1), []
+    # in chunks whose index tensors stay in the CPU's cache (2-3x faster than all at once)
+    chunks = zip(rows.reshape(-1).split(CDF_CHUNK), v.reshape(-1).split(CDF_CHUNK), strict=True)
+    for rows_part, v_part in chunks:
+        start = rows_part + torch.div(rows_part, n_q * n_genes, rounding_mode="floor") * (
+            (2 * width - n_q) * n_genes
+        )
+        start -= n_genes  # flat index of level -1 in the padded table: level count - 1 below
+        found, step = start.clone(), width
+        while step:
+            found += (padded.take(found + step * n_genes) <= v_part) * (step * n_genes)
+            step >>= 1
+        count = torch.div(found - start, n_genes, rounding_mode="floor")
+        inner = count.clamp(1, n_q - 1)  # v lies in [T[count - 1], T[count])
+        lower = flat.take(rows_part + (inner - 1) * n_genes)
+        upper = flat.take(rows_part + inner * n_genes)
+        frac = ((v_part - lower) / (upper - lower).clamp_min(1e-30)).clamp(0.0, 1.0)
+        u = (inner - 1 + frac) / (n_q - 1)
+        parts.append(torch.where(count == 0, 0.0, torch.where(count == n_q, 1.0, u)))
+    return torch.cat(parts).reshape(v.shape) if parts else v.new_zeros(v.shape)
 
 
 # ---------------------------------------------------------------------------- read-out
