@@ -17,6 +17,7 @@ from trvae.cli import positive as _positive
 from trvae_benchmarks.baselines import METHODS
 from trvae_benchmarks.calibration import add_calibration_arguments, calibration_command
 from trvae_benchmarks.kang import DEFAULT_METHODS
+from trvae_benchmarks.readout_speed import add_readout_parser
 from trvae_benchmarks.scale import add_scale_parser
 from trvae_benchmarks.speed import add_bench_parser
 
@@ -74,6 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_calibration_arguments(p)
     add_bench_parser(sub)
     add_scale_parser(sub.choices["bench"])
+    add_readout_parser(sub.choices["bench"])
     sub.choices["bench"].set_defaults(run=_bench)
 
 
@@ -170,11 +172,13 @@ def _benchmark_suite(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    """``trvae bench speed`` or ``trvae bench scale``."""
+    """``trvae bench speed``, ``trvae bench scale`` or ``trvae bench readout``."""
+    from trvae_benchmarks.readout_speed import readout_command
     from trvae_benchmarks.scale import scale_command
     from trvae_benchmarks.speed import bench_command
 
-    return scale_command(args) if args.bench == "scale" else bench_command(args)
+    commands = {"scale": scale_command, "readout": readout_command}
+    return commands.get(args.bench, bench_command)(args)
 
 
 def _benchmark_mnist(args: argparse.Namespace, argv: Sequence[str]) -> int:

@@ -90,7 +90,7 @@ SHIFT_BOUND = 12.0
 LEVEL_EPS = 1e-4
 #: Genes per block where a block's memory is cells x genes x levels.
 GENE_BLOCK = 1024
-#: Entries per chunk of :func:`cdf_at`'s search.
+#: Entries per chunk of :func:`cdf_at`'s search and :func:`quantile_at`'s look-up.
 CDF_CHUNK = 1 << 18
 
 
@@ -124,12 +124,14 @@ def condition_tables(
         cols = slice(g0, g0 + GENE_BLOCK)
         block_edges = column_quantiles(recon[:, cols], cuts)
         bins = assign_bins(recon[:, cols], block_edges)
-        per_bin, counts, pooled = binned_quantiles(
-            residual[:, cols], bins, n_bins, levels, pooled=True
-        )
-        enough = (counts >= min_cells)[:, None, :]
+        per_bin, counts = binned_quantiles(residual[:, cols], bins, n_bins, levels)
+        short = (counts < min_cells).any(0)  # genes with a bin that takes the pooled table
+        if bool(short.any()):
+            pooled = column_quantiles(residual[:, cols][:, short], levels)
+            enough = (counts[:, short] >= min_cells)[:, None, :]
+            per_bin[:, :, short] = torch.where(enough, per_bin[:, :, short], pooled[None])
         edges[:, cols] = block_edges
-        tables[:, :, cols] = torch.where(enough, per_bin, pooled[None])
+        tables[:, :, cols] = per_bin
     return edges, tables
 
 
@@ -159,12 +161,16 @@ def _rows(tables: torch.Tensor, cond: torch.Tensor, bins: torch.Tensor) -> torch
 def quantile_at(tables: torch.Tensor, rows: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """``Q(u)``: the piecewise-linear quantile function of each entry's column at level ``u``."""
     flat, n_q, n_genes = tables.reshape(-1), tables.shape[2], tables.shape[3]
-    pos = u.clamp(0.0, 1.0) * (n_q - 1)
-    lo = pos.floor().long().clamp_max(n_q - 2)
-    weight = pos - lo
-    below = flat.take(rows + lo * n_genes)
-    above = flat.take(rows + (lo + 1) * n_genes)
-    return below + weight * (above - below)
+    parts = []
+    chunks = zip(rows.reshape(-1).split(CDF_CHUNK), u.reshape(-1).split(CDF_CHUNK), strict=True)
+    for rows_part, u_part in chunks:  # in cache-sized chunks, as cdf_at
+        pos = u_part.clamp(0.0, 1.0) * (n_q - 1)
+        lo = pos.floor().long().clamp_max(n_q - 2)
+        weight = pos - lo
+        index = rows_part + lo * n_genes
+        below = flat.take(index)
+        parts.append(below + weight * (flat.take(index + n_genes) - below))
+    return torch.cat(parts).reshape(u.shape) if parts else u.new_zeros(u.shape)
 
 
 def cdf_at(tables: torch.Tensor, rows: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -347,9 +353,10 @@ class QuantileTables(nn.Module):
             rows = self.rows(m, cond, cols)
             detection = None if self.detection is None else self.detection[cols]
             lo, hi = torch.full_like(ref, -SHIFT_BOUND), torch.full_like(ref, SHIFT_BOUND)
+            logit = torch.logit(level.clamp(LEVEL_EPS, 1 - LEVEL_EPS))  # shift_levels, once
             for _ in range(steps):
                 mid = (lo + hi) / 2
-                value = read_values(sub, rows, m, shift_levels(level, mid), x_min, detection)
+                value = read_values(sub, rows, m, torch.sigmoid(logit + mid), x_min, detection)
                 value = value.mean(0)
                 up = value < ref
                 lo, hi = torch.where(up, mid, lo), torch.where(up, hi, mid)

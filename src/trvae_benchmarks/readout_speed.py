@@ -1,0 +1,129 @@
+"""``trvae bench readout``: the seconds of one ``predict`` call, per read-out option and gene count.
+
+The quantile read-out (the default ``mode`` of an MSE model) costs mostly per call, not per
+cell: with ``mmd_group_key`` each call rebuilds the target condition's table from training
+cells (``match_state``), fits the non-zero map (``match_nonzero``) and matches the mean. For
+each gene count, ``simulate_perturbation("shared")`` data (``cells_per_group`` cells per cell
+type and condition) with type0's perturbed cells held out train a model with
+``mmd_group_key="cell_type"`` for a few epochs (the cost does not depend on how well it fits);
+type0's control cells are then predicted into the perturbed condition with the defaults, each
+option switched off in turn, and ``mode="residual"``; the variants take turns, and the table
+gives the fastest of ``repeats`` calls of each.
+
+Nothing here is a test: the numbers depend on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+
+import pandas as pd
+
+from trvae_benchmarks.common import torch_threads
+
+__all__ = ["VARIANTS", "run_readout_bench"]
+
+GENES, CELLS_PER_GROUP, MAX_EPOCHS, REPEATS = (2000, 7000, 20000), 1000, 2, 3
+QUICK = {"genes": (300,), "cells_per_group": 60, "max_epochs": 1, "repeats": 1}
+#: The ``predict`` calls timed: name and keyword arguments.
+VARIANTS: dict[str, dict] = {
+    "defaults": {},
+    "match_nonzero=False": {"match_nonzero": False},
+    "match_state=False": {"match_state": False},
+    'mode="residual"': {"mode": "residual"},
+}
+
+
+def run_readout_bench(
+    genes: Sequence[int] = GENES,
+    cells_per_group: int = CELLS_PER_GROUP,
+    max_epochs: int = MAX_EPOCHS,
+    repeats: int = REPEATS,
+    seed: int = 0,
+    n_threads: int | None = None,
+    verbose: bool = True,
+) -> pd.DataFrame:
+    """Time ``predict`` per :data:`VARIANTS` entry and gene count; returns and prints the table
+    (columns ``genes``, ``cells``, ``predict``, ``seconds``: the fastest of ``repeats``).
+
+    Examples
+    --------
+    >>> from trvae_benchmarks.readout_speed import run_readout_bench
+    >>> table = run_readout_bench(genes=(50,), cells_per_group=20, max_epochs=1, repeats=1,
+    ...                           verbose=False)
+    >>> table["predict"].tolist()[:2]
+    ['defaults', 'match_nonzero=False']
+    """
+    from trvae.datasets import simulate_perturbation
+    from trvae.model import TRVAE
+
+    rows = []
+    with torch_threads(n_threads) as n_threads:
+        for n_genes in genes:
+            adata = simulate_perturbation(
+                "shared", n_genes=n_genes, seed=seed, cells_per_group=cells_per_group
+            )
+            own = adata.obs["cell_type"] == "type0"
+            control = adata.obs["condition"] == "control"
+            cells = adata[own & control].copy()
+            model = TRVAE(
+                adata[~(own & ~control)].copy(),
+                condition_key="condition",
+                mmd_group_key="cell_type",
+                seed=seed,
+            )
+            model.train(max_epochs=max_epochs, progress_bar=False, seed=seed)
+            seconds = {name: [] for name in VARIANTS}
+            for _ in range(repeats):
+                for name, kwargs in VARIANTS.items():
+                    start = time.perf_counter()
+                    model.predict(cells, target_condition="stimulated", seed=seed, **kwargs)
+                    seconds[name].append(time.perf_counter() - start)
+            for name, times in seconds.items():
+                rows.append(
+                    {"genes": n_genes, "cells": len(cells), "predict": name, "seconds": min(times)}
+                )
+    table = pd.DataFrame(rows)
+    if verbose:
+        print(f"predict seconds (fastest of {repeats}, {n_threads} CPU threads)", flush=True)
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"), flush=True)
+    return table
+
+
+def add_readout_parser(bench_parser: argparse.ArgumentParser) -> None:
+    """Register ``trvae bench readout`` beside ``trvae bench speed``."""
+    action = next(a for a in bench_parser._actions if isinstance(a, argparse._SubParsersAction))
+    action.metavar = "{speed,scale,readout}"
+    s = action.add_parser(
+        "readout",
+        help="seconds of one predict call per read-out option and gene count",
+        description=__doc__.split("\n\n")[0],
+    )
+    s.add_argument("--quick", action="store_true", help="300 genes, 60 cells per group, once")
+    s.add_argument("--genes", type=int, nargs="+", metavar="N", help="default: 2000 7000 20000")
+    s.add_argument("--cells-per-group", type=int, help=f"default {CELLS_PER_GROUP}")
+    s.add_argument("--max-epochs", type=int, help=f"default {MAX_EPOCHS}")
+    s.add_argument("--repeats", type=int, help=f"default {REPEATS}")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+
+
+def readout_command(args: argparse.Namespace) -> int:
+    """Run ``trvae bench readout`` from parsed arguments."""
+    quick = QUICK if args.quick else {}
+
+    def pick(name: str, default):
+        value = getattr(args, name)
+        return value if value is not None else quick.get(name, default)
+
+    run_readout_bench(
+        genes=tuple(pick("genes", GENES)),
+        cells_per_group=pick("cells_per_group", CELLS_PER_GROUP),
+        max_epochs=pick("max_epochs", MAX_EPOCHS),
+        repeats=pick("repeats", REPEATS),
+        seed=args.seed,
+        n_threads=args.threads,
+    )
+    return 0

@@ -1,0 +1,24 @@
+"""``trvae bench readout`` on a tiny size: the table's shape, not the timings."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from trvae.cli import main
+from trvae_benchmarks.readout_speed import VARIANTS
+
+
+def test_quick_readout_table(capsys):
+    argv = ["bench", "readout", "--quick", "--genes", "40", "60", "--cells-per-group", "15"]
+    assert main([*argv, "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "predict seconds (fastest of 1, 1 CPU threads)" in out
+    lines = out.split("CPU threads)")[1].strip().splitlines()
+    assert lines[0].split() == ["genes", "cells", "predict", "seconds"]
+    rows = [line.split() for line in lines[1:]]
+    assert len(rows) == 2 * len(VARIANTS)
+    assert [r[0] for r in rows] == ["40"] * len(VARIANTS) + ["60"] * len(VARIANTS)
+    assert {r[1] for r in rows} == {"15"}  # type0's control cells
+    assert [r[2] for r in rows[: len(VARIANTS)]] == list(VARIANTS)
+    seconds = np.array([float(r[3]) for r in rows])
+    assert np.isfinite(seconds).all() and (seconds > 0).all()
