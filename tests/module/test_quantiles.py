@@ -46,6 +46,8 @@ def test_ordered_bits_keep_the_order_of_float32():
     )
     bits = Q._ordered_bits(values)
     assert (bits.diff() > 0).all() and (bits >= 0).all() and (bits < 2**32).all()
+    back = Q._from_ordered_bits(bits)
+    assert torch.equal(back.view(torch.int32), values.view(torch.int32))  # bit for bit
 
 
 def test_binned_quantiles_with_ties_match_numpy_in_float32_and_float64():
