@@ -9,6 +9,7 @@ Files are written atomically with :mod:`trvae._io`.
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import gc
 import os
@@ -210,6 +211,16 @@ def timed_fit(fit: Callable, *args, rss: bool = True, **kwargs) -> tuple[float, 
     with PeakRSS() as peak:
         fit(*args, **kwargs)
     return time.perf_counter() - start, peak.increase_mb
+
+
+def add_bench_subparser(
+    bench_parser: argparse.ArgumentParser, name: str, help: str, description: str
+) -> argparse.ArgumentParser:
+    """A ``trvae bench NAME`` sub-parser beside those already registered (listed in the
+    usage line)."""
+    action = next(a for a in bench_parser._actions if isinstance(a, argparse._SubParsersAction))
+    action.metavar = "{" + ",".join([*action.choices, name]) + "}"
+    return action.add_parser(name, help=help, description=description)
 
 
 def slug(text: str) -> str:

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from trvae_benchmarks.common import torch_threads
+from trvae_benchmarks.common import add_bench_subparser, torch_threads
 
 __all__ = ["VARIANTS", "run_readout_bench"]
 
@@ -94,9 +94,8 @@ def run_readout_bench(
 
 def add_readout_parser(bench_parser: argparse.ArgumentParser) -> None:
     """Register ``trvae bench readout`` beside ``trvae bench speed``."""
-    action = next(a for a in bench_parser._actions if isinstance(a, argparse._SubParsersAction))
-    action.metavar = "{speed,scale,readout}"
-    s = action.add_parser(
+    s = add_bench_subparser(
+        bench_parser,
         "readout",
         help="seconds of one predict call per read-out option and gene count",
         description=__doc__.split("\n\n")[0],

@@ -50,7 +50,7 @@ import numpy as np
 
 from trvae.data.cell_data import read_rows
 from trvae.pp import log_normalize
-from trvae_benchmarks.common import torch_threads
+from trvae_benchmarks.common import add_bench_subparser, torch_threads
 from trvae_benchmarks.memory import PeakRSS, status_mb
 
 __all__ = ["run_scale_bench"]
@@ -328,9 +328,8 @@ def _report(r: dict, held_out_type: str) -> str:
 
 def add_scale_parser(bench_parser: argparse.ArgumentParser) -> None:
     """Register ``trvae bench scale`` beside ``trvae bench speed``."""
-    action = next(a for a in bench_parser._actions if isinstance(a, argparse._SubParsersAction))
-    action.metavar = "{speed,scale}"
-    s = action.add_parser(
+    s = add_bench_subparser(
+        bench_parser,
         "scale",
         help="out-of-core training/prediction on a synthetic 1M-cell count file",
         description=__doc__.split("\n\n")[0],
