@@ -223,6 +223,18 @@ def add_bench_subparser(
     return action.add_parser(name, help=help, description=description)
 
 
+def quick_or_default(args: argparse.Namespace, quick: dict | None):
+    """``pick(name, default)``: the option ``name`` as given, else its ``--quick`` value (from
+    ``quick`` when ``args.quick``), else ``default``."""
+    quick = quick if args.quick else {}
+
+    def pick(name: str, default):
+        value = getattr(args, name)
+        return value if value is not None else quick.get(name, default)
+
+    return pick
+
+
 def slug(text: str) -> str:
     """``text`` as a file-name part: runs of other characters than letters, digits, ``_.-``
     become one ``_``."""

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from trvae_benchmarks.common import add_bench_subparser, torch_threads
+from trvae_benchmarks.common import add_bench_subparser, quick_or_default, torch_threads
 
 __all__ = ["VARIANTS", "run_readout_bench"]
 
@@ -111,11 +111,7 @@ def add_readout_parser(bench_parser: argparse.ArgumentParser) -> None:
 
 def readout_command(args: argparse.Namespace) -> int:
     """Run ``trvae bench readout`` from parsed arguments."""
-    quick = QUICK if args.quick else {}
-
-    def pick(name: str, default):
-        value = getattr(args, name)
-        return value if value is not None else quick.get(name, default)
+    pick = quick_or_default(args, QUICK)
 
     run_readout_bench(
         genes=tuple(pick("genes", GENES)),

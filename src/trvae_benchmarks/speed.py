@@ -43,7 +43,7 @@ from scipy import sparse
 from torch import nn
 
 from trvae.cli import arg_kwargs
-from trvae_benchmarks.common import torch_threads
+from trvae_benchmarks.common import quick_or_default, torch_threads
 
 __all__ = ["gemm_gflops", "linear_flops", "run_speed_bench", "synthetic_data"]
 
@@ -373,11 +373,7 @@ def add_bench_parser(sub) -> None:
 
 def bench_command(args: argparse.Namespace) -> int:
     """Run ``trvae bench speed`` from parsed arguments."""
-    quick = QUICK if args.quick else {}
-
-    def pick(name: str, default):
-        value = getattr(args, name)
-        return value if value is not None else quick.get(name, default)
+    pick = quick_or_default(args, QUICK)
 
     model_kwargs = arg_kwargs(args, "n_hidden", "n_latent", "n_mmd", given_only=True)
     if "n_hidden" in model_kwargs:

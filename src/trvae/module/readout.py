@@ -220,7 +220,13 @@ def shift_levels(u: Tensor, eta: Tensor | float) -> Tensor:
     >>> shift_levels(torch.tensor([0.1, 0.5, 0.9]), 1.0).round(decimals=3)
     tensor([0.2320, 0.7310, 0.9610])
     """
-    return torch.sigmoid(torch.logit(u.clamp(LEVEL_EPS, 1 - LEVEL_EPS)) + eta)
+    return torch.sigmoid(level_logits(u) + eta)
+
+
+def level_logits(u: Tensor) -> Tensor:
+    """``logit(u)``, ``u`` first kept within ``[LEVEL_EPS, 1 - LEVEL_EPS]``: what
+    :func:`shift_levels` shifts."""
+    return torch.logit(u.clamp(LEVEL_EPS, 1 - LEVEL_EPS))
 
 
 def floor_noise(seed: int, start: int, shape: tuple[int, int], device=None) -> torch.Tensor:
@@ -353,7 +359,7 @@ class QuantileTables(nn.Module):
             rows = self.rows(m, cond, cols)
             detection = None if self.detection is None else self.detection[cols]
             lo, hi = torch.full_like(ref, -SHIFT_BOUND), torch.full_like(ref, SHIFT_BOUND)
-            logit = torch.logit(level.clamp(LEVEL_EPS, 1 - LEVEL_EPS))  # shift_levels, once
+            logit = level_logits(level)  # shift_levels(level, mid), its logit once
             for _ in range(steps):
                 mid = (lo + hi) / 2
                 value = read_values(sub, rows, m, torch.sigmoid(logit + mid), x_min, detection)
