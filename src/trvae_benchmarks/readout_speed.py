@@ -8,7 +8,8 @@ type and condition) with type0's perturbed cells held out train a model with
 ``mmd_group_key="cell_type"`` for a few epochs (the cost does not depend on how well it fits);
 type0's control cells are then predicted into the perturbed condition with the defaults, each
 option switched off in turn, and ``mode="residual"``; the variants take turns, and the table
-gives the fastest of ``repeats`` calls of each.
+gives the fastest of ``repeats`` calls of each and the largest rise of the process's resident
+memory during one (:class:`~trvae_benchmarks.memory.PeakRSS`, sampled every 20 ms).
 
 Nothing here is a test: the numbers depend on the machine and its load.
 """
@@ -22,6 +23,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from trvae_benchmarks.common import add_bench_subparser, quick_or_default, torch_threads
+from trvae_benchmarks.memory import PeakRSS
 
 __all__ = ["VARIANTS", "run_readout_bench"]
 
@@ -46,7 +48,8 @@ def run_readout_bench(
     verbose: bool = True,
 ) -> pd.DataFrame:
     """Time ``predict`` per :data:`VARIANTS` entry and gene count; returns and prints the table
-    (columns ``genes``, ``cells``, ``predict``, ``seconds``: the fastest of ``repeats``).
+    (columns ``genes``, ``cells``, ``predict``, ``seconds``: the fastest of ``repeats``, and
+    ``peak_mb``: the largest rise of resident memory during a call, MiB; NaN off Linux).
 
     Examples
     --------
@@ -76,19 +79,22 @@ def run_readout_bench(
             )
             model.train(max_epochs=max_epochs, progress_bar=False, seed=seed)
             seconds = {name: [] for name in VARIANTS}
+            peaks = {name: [] for name in VARIANTS}
             for _ in range(repeats):
                 for name, kwargs in VARIANTS.items():
-                    start = time.perf_counter()
-                    model.predict(cells, target_condition="stimulated", seed=seed, **kwargs)
-                    seconds[name].append(time.perf_counter() - start)
+                    with PeakRSS() as rss:
+                        start = time.perf_counter()
+                        model.predict(cells, target_condition="stimulated", seed=seed, **kwargs)
+                        seconds[name].append(time.perf_counter() - start)
+                    peaks[name].append(rss.increase_mb)
             for name, times in seconds.items():
-                rows.append(
-                    {"genes": n_genes, "cells": len(cells), "predict": name, "seconds": min(times)}
-                )
+                row = {"genes": n_genes, "cells": len(cells), "predict": name}
+                rows.append(row | {"seconds": min(times), "peak_mb": max(peaks[name])})
     table = pd.DataFrame(rows)
     if verbose:
         print(f"predict seconds (fastest of {repeats}, {n_threads} CPU threads)", flush=True)
-        print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"), flush=True)
+        formats = {"seconds": "{:.2f}".format, "peak_mb": "{:.0f}".format}
+        print(table.to_string(index=False, formatters=formats), flush=True)
     return table
 
 

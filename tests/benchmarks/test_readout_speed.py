@@ -14,7 +14,7 @@ def test_quick_readout_table(capsys):
     out = capsys.readouterr().out
     assert "predict seconds (fastest of 1, 1 CPU threads)" in out
     lines = out.split("CPU threads)")[1].strip().splitlines()
-    assert lines[0].split() == ["genes", "cells", "predict", "seconds"]
+    assert lines[0].split() == ["genes", "cells", "predict", "seconds", "peak_mb"]
     rows = [line.split() for line in lines[1:]]
     assert len(rows) == 2 * len(VARIANTS)
     assert [r[0] for r in rows] == ["40"] * len(VARIANTS) + ["60"] * len(VARIANTS)
@@ -22,3 +22,5 @@ def test_quick_readout_table(capsys):
     assert [r[2] for r in rows[: len(VARIANTS)]] == list(VARIANTS)
     seconds = np.array([float(r[3]) for r in rows])
     assert np.isfinite(seconds).all() and (seconds > 0).all()
+    peaks = np.array([float(r[4]) for r in rows])  # MiB; a rise, so at least 0 (Linux here)
+    assert np.isfinite(peaks).all() and (peaks >= 0).all()

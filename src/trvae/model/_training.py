@@ -221,16 +221,20 @@ class TrainingMixin:
         x_min = float(self.module.x_min)
         detection = torch.full((self.module.n_input,), float("inf"))
         for cells in per_condition:
-            recon = [torch.zeros(0, self.module.n_input)]
-            residual = [torch.zeros(0, self.module.n_input)]
+            # filled in place: a list of batches and its concatenation would hold both at once
+            recon = torch.zeros(len(cells), self.module.n_input)
+            residual = torch.zeros(len(cells), self.module.n_input)
+            start = 0
             for x, c, lib in data.batches(cells, batch_size):
                 with autocast(precision, "cpu"):
                     z = self.module.inference(x, c)["z_mean"]
                     mean = self.module.generative(z, c, lib)["mean"]
-                recon.append(mean)
-                residual.append(x - mean)
+                rows = slice(start, start + len(x))
+                start += len(x)
+                recon[rows] = mean
+                residual[rows] = x - mean
                 detection = torch.minimum(detection, readout.detection_levels(x.float(), x_min))
-            cut, table = readout.condition_tables(torch.cat(recon), torch.cat(residual))
+            cut, table = readout.condition_tables(recon, residual)
             edges.append(cut)
             tables.append(table)
         detection = torch.where(torch.isfinite(detection), detection, x_min)
