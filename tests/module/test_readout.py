@@ -53,6 +53,18 @@ def test_condition_tables_on_a_hand_made_case():
         np.testing.assert_allclose(tables[k, :, 1].numpy(), pooled, atol=1e-6)
 
 
+def test_condition_tables_do_not_depend_on_the_block_size(monkeypatch):
+    rng = np.random.default_rng(3)
+    recon = torch.from_numpy(rng.normal(2.0, 1.0, (300, 11)).astype(np.float32))
+    resid = torch.from_numpy(rng.normal(0.0, 0.5, (300, 11)).astype(np.float32))
+    resid[:, 4] = 0.0  # a gene of ties
+    whole = R.condition_tables(recon, resid)
+    for entries in (1, 300 * 3, 300 * 4 + 1):  # one gene per block, 3 genes, 4 genes
+        monkeypatch.setattr(R, "TABLE_BLOCK_ENTRIES", entries)
+        blocked = R.condition_tables(recon, resid)
+        assert all(torch.equal(a, b) for a, b in zip(whole, blocked, strict=True))
+
+
 def test_assign_bins_per_condition():
     edges = torch.tensor([[[0.0], [1.0]], [[10.0], [20.0]]])  # C=2, B-1=2, G=1
     mean = torch.tensor([[-1.0], [0.5], [5.0], [5.0], [15.0], [25.0]])
