@@ -228,14 +228,20 @@ class ReadoutMixin:
             return fn
 
         done = None  # the second pass's values, where the first pass computed them all
+        n_fields, fields, start = 7 if anchored else 5, None, 0
         first = self._outputs(data, batch_function(True), batch_size, accelerator, precision, cells)
-        parts = [part.cpu() for part in first]
+        for part in first:  # copied into place: a list of batches and its concatenation would
+            # hold the first pass twice (7 x cells x genes floats each)
+            if fields is None:
+                fields = torch.empty(n_fields, len(cells), part.shape[1] // n_fields)
+            rows = slice(start, start + len(part))
+            fields[:, rows] = part.cpu().unflatten(1, (n_fields, -1)).transpose(0, 1)
+            start += len(part)
         gap = nonzero_map = None
-        if not parts:  # no cells: nothing to match
+        if fields is None:  # no cells: nothing to match
             shift = torch.zeros(module.n_input)
             return batch_function(False), info
-        chunks = torch.cat(parts).chunk(7 if anchored else 5, dim=1)
-        u, to, residual, source_x, ties, *extra = chunks
+        u, to, residual, source_x, ties, *extra = fields
         cond = torch.full((len(u),), target, dtype=torch.long)
         reference = residual
         if anchored:  # per cell and gene: the quiet genes take the mean shift's change
