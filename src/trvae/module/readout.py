@@ -332,10 +332,18 @@ class QuantileTables(nn.Module):
         shift: Tensor | None = None,
     ) -> Tensor:
         """``max(x_min, m_t + Q_t(shift_levels(u, shift)))`` in the target condition's bin of
-        ``mean`` (``m_t``); ``shift``: one per gene (:meth:`match_shift`); none: ``Q_t(u)``."""
+        ``mean`` (``m_t``); ``shift``: one per gene (:meth:`match_shift`); none: ``Q_t(u)``.
+        Computed in blocks of :data:`GENE_BLOCK` genes (the look-up's int64 row indices of all
+        genes at once would take twice the output's memory)."""
         level = u if shift is None else shift_levels(u, shift)
-        rows = self.rows(mean, cond)
-        return read_values(self.tables, rows, mean, level, x_min, self.detection)
+        out = torch.empty_like(mean)
+        for g0 in range(0, mean.shape[1], GENE_BLOCK):
+            cols = slice(g0, g0 + GENE_BLOCK)
+            rows = self.rows(mean[:, cols], cond, cols)
+            sub = self.tables[..., cols].contiguous()
+            detection = None if self.detection is None else self.detection[cols]
+            out[:, cols] = read_values(sub, rows, mean[:, cols], level[:, cols], x_min, detection)
+        return out
 
     def match_shift(
         self,
