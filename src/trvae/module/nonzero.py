@@ -22,7 +22,7 @@ from scipy.optimize import isotonic_regression
 from torch import Tensor
 
 from trvae.module.quantiles import column_quantiles
-from trvae.module.readout import _rows, cdf_at, quantile_at
+from trvae.module.readout import GENE_BLOCK, _rows, cdf_at, quantile_at
 
 #: How far each gene's non-zero fraction moves from the read-out's own toward the curve.
 NONZERO_WEIGHT = 0.5
@@ -118,7 +118,9 @@ class NonzeroMap:
     leaves the fraction ``goal`` of them above it, and else the value the fitted cells have at
     rank ``1 - current + current * (r - cut) / (1 - cut)``, plus an offset that restores the
     mean (:func:`add_offset`). Genes whose fraction moves by less than one fitted cell, or
-    that have no value above the floor, are left alone.
+    that have no value above the floor, are left alone. Fitted and applied in blocks of
+    :data:`~trvae.module.readout.GENE_BLOCK` genes (each gene's map is its own; a block's
+    int64 look-up rows and sort take some 50 bytes per entry).
     """
 
     def __init__(
@@ -132,26 +134,34 @@ class NonzeroMap:
     ) -> None:
         levels = torch.linspace(0.0, 1.0, MAP_LEVELS, dtype=torch.float64)
         self.x_min, self.detection = x_min, detection
-        self.table = column_quantiles(values, levels)[None, None]  # 1 x 1 x K x G
         self.current = nonzero_fraction(values, x_min)
         goal = target_fractions(self.current, reference, curve)
-        n = len(values)
+        n, n_genes = values.shape
         self.moves = ((goal - self.current).abs() * n >= 1) & (self.current > 0)
-        # the cut between the k-th and (k + 1)-th smallest rank: k = (1 - goal) n cells below
-        rank, rows = self._rank(values, noise)
-        ends = torch.ones_like(rank[:1])
-        padded = torch.cat([0 * ends, rank.sort(0).values, ends])
-        below = ((1 - goal) * n).round().long().clamp(0, n)[None]
-        self.cut = ((padded.gather(0, below) + padded.gather(0, below + 1)) / 2)[0]
+        self.table = values.new_zeros(1, 1, MAP_LEVELS, n_genes)
+        self.cut = torch.zeros_like(self.current)
         self.offset = torch.zeros_like(self.current)
-        offset = match_offset(self._map(values, rank, rows), x_min, detection, reference)
-        self.offset = torch.where(self.moves, offset, self.offset)
         #: the fitted cells' values mapped: what calling the map on them returns
-        self.mapped = self._map(values, rank, rows)
+        self.mapped = torch.empty_like(values)
+        for cols in _blocks(n_genes):
+            block = values[:, cols]
+            self.table[..., cols] = column_quantiles(block, levels)[None, None]  # 1 x 1 x K x G
+            # the cut between the k-th and (k + 1)-th smallest rank: k = (1 - goal) n below
+            rank, rows = self._rank(block, noise[:, cols], cols)
+            ends = torch.ones_like(rank[:1])
+            padded = torch.cat([0 * ends, _sorted_columns(rank), ends])
+            below = ((1 - goal[cols]) * n).round().long().clamp(0, n)[None]
+            self.cut[cols] = ((padded.gather(0, below) + padded.gather(0, below + 1)) / 2)[0]
+            del padded
+            mapped = self._map(block, rank, rows, cols)
+            offset = match_offset(mapped, x_min, detection[cols], reference[cols])
+            self.offset[cols] = torch.where(self.moves[cols], offset, self.offset[cols])
+            self.mapped[:, cols] = self._map(block, rank, rows, cols)
 
-    def _rank(self, values: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
-        """Each entry's rank among the fitted cells, and its rows in :attr:`table`."""
-        table = self.table.to(values.device)
+    def _rank(self, values: Tensor, noise: Tensor, cols: slice) -> tuple[Tensor, Tensor]:
+        """Each entry's rank among the fitted cells (genes ``cols``), and its rows in
+        ``table[..., cols]``."""
+        table = self.table[..., cols].contiguous().to(values.device)
         cond = torch.zeros(len(values), dtype=torch.long, device=values.device)
         rows = _rows(table, cond, torch.zeros_like(values, dtype=torch.long))
         highest = cdf_at(table, rows, values)
@@ -160,14 +170,34 @@ class NonzeroMap:
 
     def __call__(self, values: Tensor, noise: Tensor) -> Tensor:
         """The mapped ``values`` (cells x genes; ``noise`` as :func:`tie_noise`)."""
-        return self._map(values, *self._rank(values, noise))
+        out = torch.empty_like(values)
+        for cols in _blocks(values.shape[1]):
+            block = values[:, cols]
+            out[:, cols] = self._map(block, *self._rank(block, noise[:, cols], cols), cols)
+        return out
 
-    def _map(self, values: Tensor, rank: Tensor, rows: Tensor) -> Tensor:
-        """:meth:`__call__` of ``values`` whose :meth:`_rank` is ``rank, rows``."""
+    def _map(self, values: Tensor, rank: Tensor, rows: Tensor, cols: slice) -> Tensor:
+        """:meth:`__call__` of ``values`` (genes ``cols``) whose :meth:`_rank` is ``rank,
+        rows``."""
         device = values.device
-        current, cut = self.current.to(device), self.cut.to(device)
+        current, cut = self.current[cols].to(device), self.cut[cols].to(device)
         level = 1 - current + current * (rank - cut) / (1 - cut).clamp_min(1e-12)
-        mapped = quantile_at(self.table.to(device), rows, level.clamp(0.0, 1.0))
-        mapped = torch.maximum(mapped + self.offset.to(device), self.detection.to(device))
+        table = self.table[..., cols].contiguous().to(device)
+        mapped = quantile_at(table, rows, level.clamp(0.0, 1.0))
+        offset, detection = self.offset[cols].to(device), self.detection[cols].to(device)
+        mapped = torch.maximum(mapped + offset, detection)
         mapped = torch.where(rank < cut, torch.full_like(values, self.x_min), mapped)
-        return torch.where(self.moves.to(device), mapped, values)
+        return torch.where(self.moves[cols].to(device), mapped, values)
+
+
+def _blocks(n_genes: int) -> list[slice]:
+    """Consecutive slices of at most :data:`~trvae.module.readout.GENE_BLOCK` genes."""
+    return [slice(g0, g0 + GENE_BLOCK) for g0 in range(0, n_genes, GENE_BLOCK)]
+
+
+def _sorted_columns(values: Tensor) -> Tensor:
+    """Each column ascending (values only): on the CPU by numpy's sort, without torch's int64
+    indices."""
+    if values.device.type == "cpu":
+        return torch.from_numpy(np.sort(values.numpy(), axis=0))
+    return values.sort(0).values
