@@ -49,7 +49,8 @@ def run_readout_bench(
 ) -> pd.DataFrame:
     """Time ``predict`` per :data:`VARIANTS` entry and gene count; returns and prints the table
     (columns ``genes``, ``cells``, ``predict``, ``seconds``: the fastest of ``repeats``, and
-    ``peak_mb``: the largest rise of resident memory during a call, MiB; NaN off Linux).
+    ``peak_mb``: the largest rise of resident memory during a call, MiB,
+    :attr:`~trvae_benchmarks.memory.PeakRSS.increase_mb`).
 
     Examples
     --------

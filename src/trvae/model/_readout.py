@@ -231,7 +231,7 @@ class ReadoutMixin:
         n_fields, fields, start = 7 if anchored else 5, None, 0
         first = self._outputs(data, batch_function(True), batch_size, accelerator, precision, cells)
         for part in first:  # copied into place: a list of batches and its concatenation would
-            # hold the first pass twice (7 x cells x genes floats each)
+            # hold the first pass (5 or 7 values per cell and gene) twice
             if fields is None:
                 fields = torch.empty(n_fields, len(cells), part.shape[1] // n_fields)
             rows = slice(start, start + len(part))
