@@ -503,3 +503,16 @@ def test_state_matching_needs_groups_and_training_data(model, control, tmp_path)
     # cells already in the target condition: nothing to match
     same = grouped.predict(adata[adata.obs["condition"] == "stimulated"][:20], "stimulated")
     assert "state_weights" not in same.uns["trvae_prediction"]
+
+
+def test_tables_rebuilt_for_a_call_are_copied_to_the_batches_device():
+    from trvae.model._readout import placed
+
+    tables = readout.QuantileTables()
+    tables.set(torch.zeros(2, 7, 3), torch.zeros(2, 8, 33, 3), torch.ones(3))
+    copies: dict = {}
+    assert placed(tables, torch.device("cpu"), copies) is tables and not copies
+    moved = placed(tables, torch.device("meta"), copies)  # stands in for an accelerator
+    assert moved is not tables and moved.edges.device.type == "meta"
+    assert moved.detection.device.type == "meta" and tables.edges.device.type == "cpu"
+    assert placed(tables, torch.device("meta"), copies) is moved  # one copy per call

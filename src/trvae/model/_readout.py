@@ -3,6 +3,7 @@ quantile read-out (:mod:`trvae.module.readout`)."""
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import numpy as np
@@ -183,6 +184,7 @@ class ReadoutMixin:
             )
             if rebuilt is not None:
                 tables, info["state_weights"] = rebuilt, weights
+        copies: dict = {}  # rebuilt tables live on the CPU: a copy per device a batch runs on
         per_condition = torch.zeros(len(self.conditions_))
         for code, weight in (anchors or {}).items():
             per_condition[code] = weight
@@ -196,7 +198,7 @@ class ReadoutMixin:
             """Each entry's source level u, the source and the target means."""
             source, to = (gen["mean"] for gen in self._both_conditions(x, c, lib, target))
             noise = readout.floor_noise(seed, start, tuple(x.shape), x.device)
-            u = tables.source_levels(x, source, c, module.x_min, noise)
+            u = placed(tables, x.device, copies).source_levels(x, source, c, module.x_min, noise)
             return u, source, to
 
         def batch_function(first_pass: bool):
@@ -217,7 +219,8 @@ class ReadoutMixin:
                     weight = module.mean_shifts.weights(c, target, per_condition.to(x.device)[c])
                     return torch.cat([u, to, residual, x, ties, shifted, weight], dim=1)
                 cond = torch.full_like(c, target)
-                values = tables.target_values(u, to, cond, module.x_min, shift.to(x.device))
+                on_device = placed(tables, x.device, copies)
+                values = on_device.target_values(u, to, cond, module.x_min, shift.to(x.device))
                 if nonzero_map is not None:
                     values = nonzero_map(values, ties)
                 if gap is None:
@@ -269,3 +272,16 @@ class ReadoutMixin:
                 done = (values + gap).clamp_min(module.x_min)
                 done = readout.snap_to_detection(done, module.x_min, tables.detection)
         return batch_function(False), info
+
+
+def placed(
+    tables: readout.QuantileTables, device: torch.device, copies: dict
+) -> readout.QuantileTables:
+    """``tables`` where they already lie on ``device`` (the model's own, moved with it), else
+    a copy on ``device``, made once per ``copies`` (per ``predict`` call): tables rebuilt for
+    one call are not part of the module that is moved to the accelerator."""
+    if tables.edges.device == device:
+        return tables
+    if device not in copies:
+        copies[device] = copy.deepcopy(tables).to(device)
+    return copies[device]
