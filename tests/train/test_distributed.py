@@ -289,6 +289,24 @@ def test_cuda_inference_matches_the_cpu(single, adata, tmp_path):
     assert all(v.device.type == "cpu" for v in single.module.state_dict().values())
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_inference_with_state_matched_tables(adata):
+    """The default read-out of a model with groups rebuilds its target table on the CPU for
+    each call; on a GPU the batches read a copy of it there, and the result agrees with the
+    CPU's."""
+    model = TRVAE(adata, condition_key="condition", mmd_group_key="cell_type", **TINY)
+    model.train(batch_size=2 * BATCH, accelerator="cpu", **TRAIN)
+    control = adata[adata.obs["condition"] == "control"]
+    gpu = model.predict(control, "stimulated", accelerator="cuda")
+    cpu = model.predict(control, "stimulated", accelerator="cpu")
+    assert "state_weights" in gpu.uns["trvae_prediction"]
+    assert (
+        gpu.uns["trvae_prediction"]["state_weights"] == cpu.uns["trvae_prediction"]["state_weights"]
+    )
+    np.testing.assert_allclose(gpu.X.mean(0), cpu.X.mean(0), rtol=0, atol=0.05)
+    assert all(v.device.type == "cpu" for v in model.module.state_dict().values())
+
+
 @pytest.mark.skipif(
     getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
     reason="MPS is available here",
