@@ -313,6 +313,14 @@ class QuantileTables(nn.Module):
         bins = assign_bins(mean, self.edges[..., cols], cond)
         return _rows(self.tables[..., cols], cond, bins)
 
+    def block(
+        self, mean: Tensor, cond: Tensor, cols: slice
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """For genes ``cols`` (``mean``: those genes' columns): their tables (contiguous), the
+        :meth:`rows` into them and their ``detection``, what :func:`read_values` takes."""
+        detection = None if self.detection is None else self.detection[cols]
+        return self.tables[..., cols].contiguous(), self.rows(mean, cond, cols), detection
+
     def source_levels(
         self, x: Tensor, mean: Tensor, cond: Tensor, x_min: float | Tensor, noise: Tensor
     ) -> Tensor:
@@ -333,15 +341,12 @@ class QuantileTables(nn.Module):
     ) -> Tensor:
         """``max(x_min, m_t + Q_t(shift_levels(u, shift)))`` in the target condition's bin of
         ``mean`` (``m_t``); ``shift``: one per gene (:meth:`match_shift`); none: ``Q_t(u)``.
-        Computed in blocks of :data:`GENE_BLOCK` genes (the look-up's int64 row indices of all
-        genes at once would take twice the output's memory)."""
+        In blocks of :data:`GENE_BLOCK` genes (int64 look-up rows of all at once: 2x the output)."""
         level = u if shift is None else shift_levels(u, shift)
         out = torch.empty_like(mean)
         for g0 in range(0, mean.shape[1], GENE_BLOCK):
             cols = slice(g0, g0 + GENE_BLOCK)
-            rows = self.rows(mean[:, cols], cond, cols)
-            sub = self.tables[..., cols].contiguous()
-            detection = None if self.detection is None else self.detection[cols]
+            sub, rows, detection = self.block(mean[:, cols], cond, cols)
             out[:, cols] = read_values(sub, rows, mean[:, cols], level[:, cols], x_min, detection)
         return out
 
@@ -366,10 +371,8 @@ class QuantileTables(nn.Module):
         shift = torch.zeros(n_genes, dtype=u.dtype, device=u.device)
         for g0 in range(0, n_genes, GENE_BLOCK):
             cols = slice(g0, g0 + GENE_BLOCK)
-            sub = self.tables[..., cols].contiguous()
             m, level, ref = mean[:, cols], u[:, cols], reference[cols]
-            rows = self.rows(m, cond, cols)
-            detection = None if self.detection is None else self.detection[cols]
+            sub, rows, detection = self.block(m, cond, cols)
             lo, hi = torch.full_like(ref, -SHIFT_BOUND), torch.full_like(ref, SHIFT_BOUND)
             logit = level_logits(level)  # shift_levels(level, mid), its logit once
             for _ in range(steps):
