@@ -128,6 +128,71 @@ def test_bad_mmd_options(small):
         TRVAE(small, condition_key="condition", mmd_grouping="across")
 
 
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"n_latent": 0}, r"n_latent must be an integer >= 1, got 0"),
+        ({"n_latent": 2.5}, r"n_latent must be an integer >= 1, got 2.5"),
+        ({"n_hidden": 16}, r"n_hidden must be a sequence of layer widths"),
+        ({"n_hidden": (32, 0)}, r"n_hidden\[1\] must be an integer >= 1, got 0"),
+        ({"n_mmd": -1}, r"n_mmd must be an integer >= 1"),
+        ({"alpha": -1.0}, r"alpha must be a finite number >= 0, got -1.0"),
+        ({"beta": float("nan")}, r"beta must be a finite number >= 0, got nan"),
+        ({"dropout": 1.0}, r"dropout must be a finite number in \[0, 1\), got 1.0"),
+        ({"mmd_bandwidths": ()}, r"mmd_bandwidths must be a non-empty sequence"),
+        ({"mmd_bandwidths": (1.0, 0.0)}, r"mmd_bandwidths\[1\] must be a finite number > 0"),
+        ({"seed": -1}, r"seed must be an integer >= 0, got -1"),
+    ],
+)
+def test_bad_sizes_and_weights_are_named(small, option, message):
+    with pytest.raises(TRVAEError, match=message):
+        TRVAE(small, condition_key="condition", **{**SMALL, **option})
+
+
+def test_integral_floats_and_numpy_sizes_are_taken(small):
+    model = TRVAE(small, "condition", n_latent=4.0, n_hidden=np.array([32]), n_mmd=np.int64(16))
+    assert (model.init_params["n_latent"], model.init_params["n_hidden"]) == (4, [32])
+    assert type(model.init_params["n_mmd"]) is int
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"max_epochs": 0}, r"max_epochs must be an integer >= 1, got 0"),
+        ({"max_epochs": -1}, r"max_epochs must be an integer >= 1, got -1"),
+        ({"batch_size": 1}, r"batch_size must be an integer >= 2, got 1"),
+        ({"lr": 0.0}, r"lr must be a finite number > 0, got 0.0"),
+        ({"patience": 0}, r"patience must be an integer >= 1, got 0"),
+        ({"validation_fraction": -0.1}, r"validation_fraction must be a finite number in \[0, 1\)"),
+        ({"validation_fraction": 1.0}, r"validation_fraction must be a finite number in \[0, 1\)"),
+        ({"seed": -3}, r"seed must be an integer >= 0, got -3"),
+        ({"lr_factor": 1.0}, r"lr_factor must be a finite number in \(0, 1\), got 1.0"),
+        ({"kl_warmup": -2}, r"kl_warmup must be an integer >= 0, got -2"),
+    ],
+)
+def test_bad_training_arguments_stop_before_training(small, option, message):
+    model = TRVAE(small, condition_key="condition", **SMALL)
+    before = {k: v.clone() for k, v in model.module.state_dict().items()}
+    with pytest.raises(TRVAEError, match=message):
+        model.train(**{"max_epochs": 1, **QUIET, **option})
+    assert not model.is_trained and model.history.empty
+    after = model.module.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_predict_out_must_name_a_file(trained, small, tmp_path):
+    with pytest.raises(TRVAEError, match="is a directory; give a file path"):
+        trained.predict(small[:5], "stimulated", out=tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+def test_bad_batch_size_of_inference_is_named(trained, small):
+    with pytest.raises(TRVAEError, match=r"batch_size must be an integer >= 1, got 0"):
+        trained.predict(small[:5], "stimulated", batch_size=0)
+    with pytest.raises(TRVAEError, match=r"batch_size must be an integer >= 1, got 2.5"):
+        trained.get_latent(small[:5], batch_size=2.5)
+
+
 # ------------------------------------------------------------------ persistence
 def test_save_load_predict_identical(trained, small, tmp_path):
     trained.save(tmp_path / "model")

@@ -168,11 +168,25 @@ def test_ddp_checkpoint_resumes(ddp_run, adata):
     )
 
 
+class FailsInProcess(TRVAEModule):
+    """Its loss raises once the module has been sent to a training process."""
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.in_process = True
+
+    def loss(self, *args, **kwargs):
+        if getattr(self, "in_process", False):
+            raise RuntimeError("the loss failed in this process")
+        return super().loss(*args, **kwargs)
+
+
 def test_error_in_a_process_surfaces_in_the_caller(adata):
     model = TRVAE(adata, condition_key="condition", **TINY)
+    model.module = FailsInProcess(adata.n_vars, 2, **TINY)
     before = {k: v.clone() for k, v in model.module.state_dict().items()}
-    with pytest.raises(DistributedTrainingError, match=r"process \d of 2: .*Invalid learning rate"):
-        model.train(max_epochs=1, lr=-1.0, accelerator="cpu", devices=2, progress_bar=False)
+    with pytest.raises(DistributedTrainingError, match=r"process \d of 2: .*loss failed in this"):
+        model.train(max_epochs=1, accelerator="cpu", devices=2, progress_bar=False)
     assert not model.is_trained
     assert all(torch.equal(v, before[k]) for k, v in model.module.state_dict().items())
 

@@ -21,6 +21,7 @@ from anndata import AnnData
 from anndata.io import sparse_dataset, write_elem
 from scipy import sparse
 
+from trvae._errors import TRVAEError
 from trvae._io import nullable_strings_writable
 
 __all__ = ["write_h5ad_chunked"]
@@ -62,6 +63,8 @@ def write_h5ad_chunked(
     The path written. Memory use is that of one chunk (plus obs/var).
     """
     path = Path(path)
+    if path.is_dir():
+        raise TRVAEError(f"{path} is a directory; give a file path such as {path / 'out.h5ad'}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     n_obs, n_vars = len(obs), len(var)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from anndata import AnnData
 
+from trvae._errors import check_integer
 from trvae.data.cell_data import CellData
 from trvae.train.devices import on_device, resolve_devices
 from trvae.train.precision import autocast, check_precision
@@ -34,6 +35,7 @@ class InferenceMixin:
         results."""
         device = resolve_devices(accelerator, 1).device()
         precision = check_precision(precision)
+        batch_size = check_integer("batch_size", batch_size)
         indices = np.arange(len(data)) if indices is None else indices
         with on_device(self.module.eval(), device):
             for batch in data.batches(indices, batch_size):

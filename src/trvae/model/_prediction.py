@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from anndata import AnnData
 
+from trvae._errors import check_integer
 from trvae.data import validation as V
 from trvae.data.h5ad import write_h5ad_chunked
 
@@ -160,6 +161,7 @@ class PredictionMixin:
         ('residual', (5, 20))
         """
         adata = V.as_anndata(adata)
+        batch_size = check_integer("batch_size", batch_size)
         if group_key is not None:
             kwargs = {
                 "source_condition": source_condition, "return_mean": return_mean, "mode": mode,

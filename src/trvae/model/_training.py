@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from trvae._errors import TRVAEError
+from trvae._errors import TRVAEError, check_integer, check_number
 from trvae.data import validation as V
 from trvae.data.cell_data import CellData, stratified_split
 from trvae.module import readout
@@ -99,6 +99,20 @@ class TrainingMixin:
         >>> list(history["epoch"])
         [0, 1, 2]
         """
+        seed = check_integer("seed", seed, minimum=0)
+        validation_fraction = check_number(
+            "validation_fraction", validation_fraction, 0, 1, high_open=True
+        )
+        budget = max_epochs is None
+        plan = TrainingPlan(
+            max_epochs=1 if budget else max_epochs,
+            batch_size=batch_size,
+            lr=lr,
+            early_stopping=early_stopping,
+            patience=patience,
+            precision=precision,
+            **plan_kwargs,
+        )
         setup = resolve_devices(accelerator, devices, strategy)
         launch = launched_ddp(devices, strategy)
         data = self._cell_data(self.adata)
@@ -108,17 +122,8 @@ class TrainingMixin:
         train_idx, val_idx = stratified_split(
             train_data.conditions.numpy(), validation_fraction, seed
         )
-        if max_epochs is None:
-            max_epochs = epoch_budget(len(data), self.init_params["likelihood"])
-        plan = TrainingPlan(
-            max_epochs=max_epochs,
-            batch_size=batch_size,
-            lr=lr,
-            early_stopping=early_stopping,
-            patience=patience,
-            precision=precision,
-            **plan_kwargs,
-        )
+        if budget:
+            plan.max_epochs = epoch_budget(len(data), self.init_params["likelihood"])
         on_epoch_end, resume_state = None, None
         if checkpoint_dir is not None:
             checkpoint_dir = Path(checkpoint_dir)

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
-from trvae._errors import TRVAEError, check_option
+from trvae._errors import TRVAEError, check_integer, check_number, check_option
 from trvae.data import validation as V
 from trvae.data.cell_data import CellData
 from trvae.model._assessment import AssessmentMixin
@@ -195,6 +195,19 @@ class TRVAE(
         check_option("mmd_on", mmd_on, MMD_ON, TRVAEError)
         check_option("mmd_grouping", mmd_grouping, MMD_GROUPINGS, TRVAEError)
         anchor = DEFAULT_ANCHOR[likelihood] if anchor is None else check_anchor(anchor, likelihood)
+        alpha = DEFAULT_ALPHA[likelihood] if alpha is None else alpha
+        beta = DEFAULT_BETA[likelihood, grouped] if beta is None else beta
+        settings = {  # checked before the data are scanned
+            "n_latent": check_integer("n_latent", n_latent),
+            "n_hidden": _check_widths(n_hidden),
+            "n_mmd": check_integer("n_mmd", n_mmd),
+            "alpha": check_number("alpha", alpha, low=0),
+            "beta": check_number("beta", beta, low=0),
+            "dropout": check_number("dropout", dropout, 0, 1, high_open=True),
+            "batch_norm": bool(batch_norm),
+            "mmd_bandwidths": _check_bandwidths(mmd_bandwidths),
+            "seed": check_integer("seed", seed, minimum=0),
+        }
         conditions = V.check_obs_key(adata, condition_key)
         self.conditions_ = V.check_conditions(conditions, condition_key)
         x, rows, _ = V.matrix_rows(adata, layer, None)
@@ -205,15 +218,7 @@ class TRVAE(
             raise TRVAEError("adata.var_names has duplicates; call adata.var_names_make_unique()")
         self.init_params = {
             "likelihood": likelihood,
-            "n_latent": int(n_latent),
-            "n_hidden": [int(h) for h in n_hidden],
-            "n_mmd": int(n_mmd),
-            "alpha": float(DEFAULT_ALPHA[likelihood] if alpha is None else alpha),
-            "beta": float(DEFAULT_BETA[likelihood, grouped] if beta is None else beta),
-            "dropout": float(dropout),
-            "batch_norm": bool(batch_norm),
-            "mmd_bandwidths": [float(b) for b in mmd_bandwidths],
-            "seed": int(seed),
+            **settings,
             "architecture": architecture,
             "image_shape": image_shape,
             "decoder_conditioning": decoder_conditioning,
@@ -320,3 +325,25 @@ def _check_architecture(adata, architecture, likelihood, image_shape) -> list[in
 
 def _where(layer: str | None) -> str:
     return "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+
+
+def _check_widths(n_hidden: object) -> list[int]:
+    """The hidden layers' widths: a sequence of integers >= 1 (empty: no hidden layer)."""
+    if isinstance(n_hidden, str) or not isinstance(n_hidden, Sequence | np.ndarray):
+        raise TRVAEError(
+            f"n_hidden must be a sequence of layer widths such as (128, 128), got {n_hidden!r}"
+        )
+    return [check_integer(f"n_hidden[{i}]", h) for i, h in enumerate(n_hidden)]
+
+
+def _check_bandwidths(bandwidths: object) -> list[float]:
+    """The MMD kernel's bandwidths: a non-empty sequence of positive numbers."""
+    sequence = isinstance(bandwidths, Sequence | np.ndarray) and not isinstance(bandwidths, str)
+    if not sequence or len(bandwidths) == 0:
+        raise TRVAEError(
+            f"mmd_bandwidths must be a non-empty sequence of positive numbers, got {bandwidths!r}"
+        )
+    return [
+        check_number(f"mmd_bandwidths[{i}]", b, low=0, low_open=True)
+        for i, b in enumerate(bandwidths)
+    ]

@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from trvae._errors import check_integer, check_number
 from trvae.data.cell_data import CellData
 from trvae.data.device_data import DeviceCellData, prefetched
 from trvae.module import TRVAEModule
@@ -57,7 +58,8 @@ class TrainingPlan:
     max_epochs
         Upper bound on passes over the training cells.
     batch_size
-        Cells per mini-batch; the MMD penalty compares the conditions inside each batch.
+        Cells per mini-batch (at least 2); the MMD penalty compares the conditions inside each
+        batch.
     lr, weight_decay
         Adam's learning rate and L2 weight decay.
     early_stopping, patience, min_delta
@@ -100,6 +102,15 @@ class TrainingPlan:
 
     def __post_init__(self) -> None:
         self.precision = check_precision(self.precision)
+        self.max_epochs = check_integer("max_epochs", self.max_epochs)
+        self.batch_size = check_integer("batch_size", self.batch_size, minimum=2)
+        self.lr = check_number("lr", self.lr, low=0, low_open=True)
+        self.weight_decay = check_number("weight_decay", self.weight_decay, low=0)
+        self.patience = check_integer("patience", self.patience)
+        self.min_delta = check_number("min_delta", self.min_delta, low=0)
+        self.lr_patience = check_integer("lr_patience", self.lr_patience, minimum=0)
+        self.lr_factor = check_number("lr_factor", self.lr_factor, 0, 1, True, True)
+        self.kl_warmup = check_integer("kl_warmup", self.kl_warmup, minimum=0)
 
     def fit(
         self,
