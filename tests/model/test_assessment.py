@@ -83,6 +83,9 @@ def test_assess_choices_and_errors():
         model.assess("group", groups=["nope"], **BUDGET)
     with pytest.raises(TRVAEError, match="control condition"):
         model.assess("group", control="nope", **BUDGET)
+    for n_groups in (0, 2.5):
+        with pytest.raises(TRVAEError, match=f"n_groups must be an integer >= 1, got {n_groups}"):
+            model.assess("group", n_groups=n_groups, **BUDGET)
     adata.obs["lonely"] = "one"
     with pytest.raises(TRVAEError, match="two groups"):
         TRVAE(adata, condition_key="condition", **TINY).assess("lonely", **BUDGET)

@@ -85,3 +85,5 @@ def test_deterministic_and_save_load(ensemble, adata, tmp_path):
         TRVAEEnsemble.load(tmp_path / "missing")
     with pytest.raises(TRVAEError, match="n_models"):
         TRVAEEnsemble(adata, "condition", n_models=0)
+    with pytest.raises(TRVAEError, match=r"n_models must be an integer >= 1, got 2\.5"):
+        TRVAEEnsemble(adata, "condition", n_models=2.5)

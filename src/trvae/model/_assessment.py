@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from trvae._errors import TRVAEError
+from trvae._errors import TRVAEError, check_integer
 from trvae.data import validation as V
 from trvae.model._response import RESPONSE_COLUMNS, RESPONSE_LEVEL
 
@@ -101,6 +101,8 @@ class AssessmentMixin:
         >>> list(table.columns[:3]), table.attrs["verdict"].startswith("beat the mean shift in")
         (['group', 'target', 'anchor'], True)
         """
+        if n_groups is not None:
+            n_groups = check_integer("n_groups", n_groups)
         adata = self._training_adata("assess")
         labels = V.check_obs_key(adata, group_key, "group_key").astype(str).to_numpy()
         conditions = V.check_obs_key(adata, self.condition_key).astype(str).to_numpy()

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from anndata import AnnData
 
-from trvae._errors import ModelLoadError, TRVAEError
+from trvae._errors import ModelLoadError, TRVAEError, check_integer
 from trvae._io import atomic_directory
 from trvae.model._response import RESPONSE_COLUMNS
 from trvae.model._trvae import TRVAE
@@ -52,9 +52,8 @@ class TRVAEEnsemble:
         seed: int = 0,
         **model_kwargs,
     ) -> None:
-        if int(n_models) < 1:
-            raise TRVAEError(f"n_models must be a positive integer, got {n_models}")
-        self.seed, self.n_models = int(seed), int(n_models)
+        self.n_models = check_integer("n_models", n_models)
+        self.seed = check_integer("seed", seed, minimum=0)
         self.members = [
             TRVAE(adata, condition_key=condition_key, seed=self.seed + i, **model_kwargs)
             for i in range(self.n_models)
