@@ -34,7 +34,8 @@ from trvae.data import validation as V
 from trvae.data.cell_data import CellData, stratified_split
 from trvae.model import TRVAE
 from trvae.module import TRVAEModule
-from trvae.train.plan import TrainingPlan, epoch_budget
+from trvae.train.budget import epoch_budget
+from trvae.train.plan import TrainingPlan
 
 __all__ = [
     "CVAE",

@@ -229,7 +229,7 @@ def run_counts_benchmark(
     n_top_genes, hvg
         Number of highly variable genes and scanpy flavor (default :func:`hvg_flavor`).
     max_epochs
-        Epoch budget of each network (default: the package's, :func:`trvae.train.plan.
+        Epoch budget of each network (default: the package's, :func:`trvae.train.budget.
         epoch_budget`; :data:`COUNTS_QUICK_EPOCHS` with ``quick``).
     model_kwargs, train_kwargs
         Override :data:`~trvae_benchmarks.common.BENCHMARK_MODEL` and

@@ -14,9 +14,10 @@ from trvae.data import validation as V
 from trvae.data.cell_data import CellData, stratified_split
 from trvae.module import readout
 from trvae.train import checkpoint
+from trvae.train.budget import epoch_budget
 from trvae.train.devices import on_device, resolve_devices
 from trvae.train.distributed import FitJob, fit_distributed, fit_launched, launched_ddp
-from trvae.train.plan import TrainingPlan, epoch_budget
+from trvae.train.plan import TrainingPlan
 from trvae.train.precision import autocast
 
 if TYPE_CHECKING:  # the class these mixins end up in
@@ -50,7 +51,7 @@ class TrainingMixin:
         Parameters
         ----------
         max_epochs
-            Upper bound on passes over the cells. Default (``None``): :func:`~trvae.train.plan.
+            Upper bound on passes over the cells. Default (``None``): :func:`~trvae.train.budget.
             epoch_budget`, enough epochs to show the network about 150,000 cells (10 to 200;
             twice as many epochs for NB / ZINB, at most 200).
         batch_size, lr, early_stopping, patience

@@ -1,4 +1,5 @@
-"""Fitting a module: the training plan, checkpoints, devices and distributed training."""
+"""Fitting a module: the training plan, its default budget, checkpoints, devices and distributed
+training."""
 
 from trvae.train.plan import TrainingPlan
 

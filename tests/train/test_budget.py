@@ -1,11 +1,11 @@
-"""The default epoch budget (:func:`trvae.train.plan.epoch_budget`) and its use by ``train``."""
+"""The default epoch budget (:func:`trvae.train.budget.epoch_budget`) and its use by ``train``."""
 
 from __future__ import annotations
 
 import pytest
 
 import trvae
-from trvae.train.plan import MAX_EPOCHS, MIN_EPOCHS, epoch_budget
+from trvae.train.budget import MAX_EPOCHS, MIN_EPOCHS, epoch_budget
 
 
 def test_budget_in_cells_with_bounds():
@@ -21,10 +21,10 @@ def test_count_likelihoods_train_twice_the_epochs_within_the_cap(likelihood):
 
 
 def test_train_without_max_epochs_runs_the_likelihoods_budget(monkeypatch):
-    from trvae.train import plan
+    from trvae.train import budget
 
-    monkeypatch.setattr(plan, "CELL_BUDGET", 500)  # 100 cells: 5 epochs, 10 for counts
-    monkeypatch.setattr(plan, "MIN_EPOCHS", 1)
+    monkeypatch.setattr(budget, "CELL_BUDGET", 500)  # 100 cells: 5 epochs, 10 for counts
+    monkeypatch.setattr(budget, "MIN_EPOCHS", 1)
     adata = trvae.datasets.simulate_perturbation("shared", n_genes=20, cells_per_group=10)
     for likelihood, layer, epochs in (("mse", None, 5), ("nb", "counts", 10)):
         model = trvae.TRVAE(adata, "condition", likelihood=likelihood, layer=layer, n_hidden=(8,))
