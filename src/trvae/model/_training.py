@@ -106,7 +106,7 @@ class TrainingMixin:
         )
         budget = max_epochs is None
         plan = TrainingPlan(
-            max_epochs=1 if budget else max_epochs,
+            max_epochs=1 if budget else max_epochs,  # the budget needs the data: set below
             batch_size=batch_size,
             lr=lr,
             early_stopping=early_stopping,
