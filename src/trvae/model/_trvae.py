@@ -327,9 +327,14 @@ def _where(layer: str | None) -> str:
     return "adata.X" if layer is None else f"adata.layers[{layer!r}]"
 
 
+def _is_sequence(value: object) -> bool:
+    """A list, tuple or array of settings (a string is not one)."""
+    return isinstance(value, Sequence | np.ndarray) and not isinstance(value, str)
+
+
 def _check_widths(n_hidden: object) -> list[int]:
     """The hidden layers' widths: a sequence of integers >= 1 (empty: no hidden layer)."""
-    if isinstance(n_hidden, str) or not isinstance(n_hidden, Sequence | np.ndarray):
+    if not _is_sequence(n_hidden):
         raise TRVAEError(
             f"n_hidden must be a sequence of layer widths such as (128, 128), got {n_hidden!r}"
         )
@@ -338,8 +343,7 @@ def _check_widths(n_hidden: object) -> list[int]:
 
 def _check_bandwidths(bandwidths: object) -> list[float]:
     """The MMD kernel's bandwidths: a non-empty sequence of positive numbers."""
-    sequence = isinstance(bandwidths, Sequence | np.ndarray) and not isinstance(bandwidths, str)
-    if not sequence or len(bandwidths) == 0:
+    if not _is_sequence(bandwidths) or len(bandwidths) == 0:
         raise TRVAEError(
             f"mmd_bandwidths must be a non-empty sequence of positive numbers, got {bandwidths!r}"
         )
