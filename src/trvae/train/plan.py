@@ -18,7 +18,7 @@ from trvae._errors import check_integer, check_number
 from trvae.data.cell_data import CellData
 from trvae.data.device_data import DeviceCellData, prefetched
 from trvae.module import TRVAEModule
-from trvae.train import checkpoint
+from trvae.train import batch_norm, checkpoint
 from trvae.train._ddp import _NO_FORWARD_BUFFER_SYNC, _all_reduce, _broadcast_buffers, _Loss
 from trvae.train.precision import autocast, check_precision
 
@@ -49,6 +49,9 @@ class TrainingPlan:
     precision
         ``"32"`` or ``"bf16-mixed"``: the forward pass of every training step and of the
         validation pass under bfloat16 autocast (:mod:`trvae.train.precision`).
+    recompute_batch_norm
+        After training, batch norm's statistics are re-estimated over all training cells with
+        the kept weights (:mod:`trvae.train.batch_norm`) instead of the last steps' averages.
 
     Examples
     --------
@@ -75,6 +78,7 @@ class TrainingPlan:
     lr_factor: float = 0.5
     kl_warmup: int = 0
     precision: str = "32"
+    recompute_batch_norm: bool = False
 
     def __post_init__(self) -> None:
         self.precision = check_precision(self.precision)
@@ -154,6 +158,10 @@ class TrainingPlan:
             bar.close()
         if run.best_state is not None:
             module.load_state_dict(run.best_state)
+        if self.recompute_batch_norm:
+            batch_norm.recompute_statistics(
+                module, data, train_idx, self.batch_size, run.device, run.rng, self.precision
+            )
         module.eval()
         frame = pd.DataFrame(run.history)
         frame.attrs["best_epoch"] = run.best_epoch
