@@ -2,12 +2,11 @@
 cells ("precise" batch norm), in place of the running averages of the last steps.
 
 During training each batch norm layer keeps an exponential average of the batches' means and
-variances (momentum 0.1: about the last ten batches, drawn from a few cell types and from
-weights that were still moving). Prediction normalises with these, so the cells of a condition
-or group that those last batches happened to miss are normalised with statistics that were
-never theirs. Recomputing them once, over every training cell with the weights the model keeps,
-removes that draw; the cost is one forward pass without gradients
-(``docs/choosing-parameters.md``)."""
+variances (momentum 0.1: mostly the last ten batches, a few hundred cells, passed through
+weights that were still moving). Prediction normalises with these, so what it returns depends
+on which cells those batches happened to hold. Recomputing them once, over every training cell
+with the weights the model keeps, removes that draw; the cost is one forward pass without
+gradients (evidence: ``docs/choosing-parameters.md``)."""
 
 from __future__ import annotations
 
