@@ -51,7 +51,8 @@ class TrainingPlan:
         validation pass under bfloat16 autocast (:mod:`trvae.train.precision`).
     recompute_batch_norm
         After training, batch norm's statistics are re-estimated over all training cells with
-        the kept weights (:mod:`trvae.train.batch_norm`) instead of the last steps' averages.
+        the kept weights (:mod:`trvae.train.batch_norm`) instead of the last steps' averages
+        (default); ``False`` keeps the running averages of the last training steps.
 
     Examples
     --------
@@ -78,7 +79,7 @@ class TrainingPlan:
     lr_factor: float = 0.5
     kl_warmup: int = 0
     precision: str = "32"
-    recompute_batch_norm: bool = False
+    recompute_batch_norm: bool = True
 
     def __post_init__(self) -> None:
         self.precision = check_precision(self.precision)
