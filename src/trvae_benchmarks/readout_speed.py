@@ -94,7 +94,7 @@ def run_readout_bench(
     table = pd.DataFrame(rows)
     if verbose:
         print(f"predict seconds (fastest of {repeats}, {n_threads} CPU threads)", flush=True)
-        formats = {"seconds": "{:.2f}".format, "peak_mb": "{:.0f}".format}
+        formats = {"seconds": "{:.4f}".format, "peak_mb": "{:.0f}".format}
         print(table.to_string(index=False, formatters=formats), flush=True)
     return table
 

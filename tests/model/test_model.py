@@ -351,11 +351,25 @@ def test_history_and_best_weights_restored(trained, small):
     best = history.attrs["best_epoch"]
     assert best == int(history["val_loss"].idxmin())
     assert best < len(history) - 1, "the scenario should make the last epoch not the best"
-    data = trained._cell_data(small)
+    # the same run keeping the running batch norm statistics ends on the best epoch's state
+    kept = TRVAE(small, condition_key="condition", **SMALL).train(
+        max_epochs=15,
+        lr=0.05,
+        early_stopping=False,
+        accelerator="cpu",
+        recompute_batch_norm=False,
+        **QUIET,
+    )
+    pd.testing.assert_frame_equal(kept.history, history)
+    data = kept._cell_data(small)
     _, val_idx = stratified_split(data.conditions.numpy(), 0.1, 0)
-    recomputed = evaluate(trained.module, data, val_idx, 1024)
+    recomputed = evaluate(kept.module, data, val_idx, 1024)
     assert recomputed["loss"] == pytest.approx(history["val_loss"].min(), rel=1e-4)
     assert recomputed["mmd"] == pytest.approx(history["val_mmd"].iloc[best], rel=1e-4, abs=1e-7)
+    # the default re-estimates those statistics only: the weights are the best epoch's too
+    weights = dict(kept.module.named_parameters())
+    for name, value in trained.module.named_parameters():
+        torch.testing.assert_close(value, weights[name], rtol=0, atol=0)
 
 
 def test_training_leaves_adata_unchanged(small):
