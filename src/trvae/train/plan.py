@@ -50,9 +50,9 @@ class TrainingPlan:
         ``"32"`` or ``"bf16-mixed"``: the forward pass of every training step and of the
         validation pass under bfloat16 autocast (:mod:`trvae.train.precision`).
     recompute_batch_norm
-        After training, batch norm's statistics are re-estimated over all training cells with
-        the kept weights (:mod:`trvae.train.batch_norm`) instead of the last steps' averages
-        (default); ``False`` keeps the running averages of the last training steps.
+        After training (default), batch norm's statistics are re-estimated over all training
+        cells with the kept weights (:mod:`trvae.train.batch_norm`); ``False`` keeps the
+        running averages of the last training steps.
 
     Examples
     --------
