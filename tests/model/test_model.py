@@ -49,8 +49,15 @@ def trained(small) -> TRVAE:
 
     On the CPU: that scenario was built on its arithmetic (on a GPU the last epoch was the best).
     """
+    return _train_past_best(small)
+
+
+def _train_past_best(small, **train_kwargs) -> TRVAE:
+    """The ``trained`` scenario's fit, with ``train_kwargs`` added."""
     model = TRVAE(small, condition_key="condition", **SMALL)
-    return model.train(max_epochs=15, lr=0.05, early_stopping=False, accelerator="cpu", **QUIET)
+    return model.train(
+        max_epochs=15, lr=0.05, early_stopping=False, accelerator="cpu", **QUIET, **train_kwargs
+    )
 
 
 @pytest.fixture(scope="module")
@@ -352,14 +359,7 @@ def test_history_and_best_weights_restored(trained, small):
     assert best == int(history["val_loss"].idxmin())
     assert best < len(history) - 1, "the scenario should make the last epoch not the best"
     # the same run keeping the running batch norm statistics ends on the best epoch's state
-    kept = TRVAE(small, condition_key="condition", **SMALL).train(
-        max_epochs=15,
-        lr=0.05,
-        early_stopping=False,
-        accelerator="cpu",
-        recompute_batch_norm=False,
-        **QUIET,
-    )
+    kept = _train_past_best(small, recompute_batch_norm=False)
     pd.testing.assert_frame_equal(kept.history, history)
     data = kept._cell_data(small)
     _, val_idx = stratified_split(data.conditions.numpy(), 0.1, 0)
