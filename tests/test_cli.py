@@ -83,6 +83,19 @@ def test_train_checkpoints_and_resumes(files, tmp_path):
     assert main([*base, str(ckpt), "--resume", "--out", str(out), "--overwrite"]) == 0
 
 
+def test_train_with_the_cosine_schedule(files, tmp_path, capsys):
+    data, _ = files
+    ckpt, out = tmp_path / "ckpt", tmp_path / "m"
+    base = ["train", str(data), "--condition-key", "condition", *TINY, "--checkpoint-dir"]
+    cosine = ["--lr-schedule", "cosine", "--lr", "0.01"]
+    assert main([*base, str(ckpt), *cosine, "--out", str(out)]) == 0
+    lr = TRVAE.load(out).history["lr"].tolist()
+    assert lr[0] == pytest.approx(0.01) and lr[1] < lr[0]
+    resume = [*base, str(ckpt), "--resume", "--out", str(out), "--overwrite"]
+    _error(capsys, resume, "written with lr_schedule='cosine'")
+    assert main([*resume, *cosine]) == 0
+
+
 def test_predict_selection(files, tmp_path, capsys):
     data, model = files
     out = tmp_path / "pred.h5ad"

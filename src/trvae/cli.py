@@ -67,7 +67,9 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         raise TRVAEError(f"{out} exists; pass --overwrite to replace it")
     model = TRVAE(adata, condition_key=args.condition_key, **model_kwargs)
     start = time.perf_counter()
-    budget = arg_kwargs(args, "max_epochs", "batch_size", "lr", "accelerator", "precision")
+    budget = arg_kwargs(
+        args, "max_epochs", "batch_size", "lr", "lr_schedule", "accelerator", "precision"
+    )
     model.train(
         progress_bar=not args.quiet,
         **budget,
@@ -199,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-epochs", type=positive, help="default: about 150,000 cells seen")
     p.add_argument("--batch-size", type=positive, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument(
+        "--lr-schedule", choices=("plateau", "cosine"), default="plateau",
+        help="learning-rate schedule (default plateau; see docs/choosing-parameters.md)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-latent", type=positive)
     p.add_argument("--n-hidden", type=positive, nargs="+", metavar="N")

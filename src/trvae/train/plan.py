@@ -18,7 +18,7 @@ from trvae._errors import check_integer, check_number
 from trvae.data.cell_data import CellData
 from trvae.data.device_data import DeviceCellData, prefetched
 from trvae.module import TRVAEModule
-from trvae.train import batch_norm, checkpoint
+from trvae.train import batch_norm, checkpoint, schedule
 from trvae.train._ddp import _NO_FORWARD_BUFFER_SYNC, _all_reduce, _broadcast_buffers, _Loss
 from trvae.train.precision import autocast, check_precision
 
@@ -41,9 +41,13 @@ class TrainingPlan:
     early_stopping, patience, min_delta
         Stop when the validation loss has not improved by ``min_delta`` for ``patience`` epochs;
         the weights of the best epoch are restored in any case.
+    lr_schedule
+        ``"plateau"`` (default): multiply the learning rate by ``lr_factor`` after
+        ``lr_patience`` epochs without improvement of the validation loss. ``"cosine"``: lower
+        it along a half cosine from ``lr`` at the first epoch to 1 % of it after
+        ``max_epochs`` (:mod:`trvae.train.schedule`; evidence: ``docs/choosing-parameters.md``).
     lr_patience, lr_factor
-        Multiply the learning rate by ``lr_factor`` after ``lr_patience`` epochs without
-        improvement of the validation loss.
+        The plateau schedule's patience and factor.
     kl_warmup
         Epochs over which the KL weight ramps linearly from 0 to ``alpha``.
     precision
@@ -77,6 +81,7 @@ class TrainingPlan:
     min_delta: float = 0.0
     lr_patience: int = 8
     lr_factor: float = 0.5
+    lr_schedule: str = "plateau"
     kl_warmup: int = 0
     precision: str = "32"
     recompute_batch_norm: bool = True
@@ -91,6 +96,7 @@ class TrainingPlan:
         self.min_delta = check_number("min_delta", self.min_delta, low=0)
         self.lr_patience = check_integer("lr_patience", self.lr_patience, minimum=0)
         self.lr_factor = check_number("lr_factor", self.lr_factor, 0, 1, True, True)
+        self.lr_schedule = schedule.check_schedule(self.lr_schedule)
         self.kl_warmup = check_integer("kl_warmup", self.kl_warmup, minimum=0)
 
     def fit(
@@ -189,13 +195,14 @@ class TrainingPlan:
             rng=np.random.default_rng(seed),
             rank_rng=np.random.default_rng([seed, rank]),  # DDP: shuffles this rank's share
             optimizer=optimizer,
-            scheduler=torch.optim.lr_scheduler.ReduceLROnPlateau(
-                optimizer, factor=self.lr_factor, patience=self.lr_patience
+            scheduler=schedule.make_schedule(
+                self.lr_schedule, optimizer, self.max_epochs, self.lr_factor, self.lr_patience
             ),
             alpha=module.alpha,
             step=module.loss,
         )
         if resume_state is not None:
+            schedule.check_resume(resume_state, self.lr_schedule)
             module.load_state_dict(resume_state["module"])
             optimizer.load_state_dict(resume_state["optimizer"])
             run.scheduler.load_state_dict(resume_state["scheduler"])
@@ -282,7 +289,7 @@ class TrainingPlan:
             record.update(_means("val", val))
         monitor = record["val_loss"] if has_val else record["train_loss"]
         run.history.append(record)
-        run.scheduler.step(monitor)
+        schedule.step(run.scheduler, monitor)
         if monitor < run.best_loss - self.min_delta:
             run.best_loss, run.best_epoch = monitor, epoch
             run.best_state = copy.deepcopy(module.state_dict())
@@ -295,6 +302,7 @@ class TrainingPlan:
             "module": module.state_dict(),
             "optimizer": run.optimizer.state_dict(),
             "scheduler": run.scheduler.state_dict(),
+            "lr_schedule": schedule.name_of(run.scheduler),
             "history": run.history,
             "best_loss": run.best_loss,
             "best_epoch": run.best_epoch,
@@ -324,7 +332,7 @@ class _Run:
     rng: np.random.Generator
     rank_rng: np.random.Generator
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    scheduler: schedule.Schedule
     alpha: float
     step: Callable
     history: list[dict] = field(default_factory=list)
