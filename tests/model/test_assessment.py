@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from trvae import TRVAE, TRVAEError
+from trvae.metrics import r2_var
 
 TINY = {"n_hidden": (32,), "n_latent": 4}
 BUDGET = {"max_epochs": 40, "accelerator": "cpu"}
@@ -46,6 +47,12 @@ def test_trvae_wins_where_the_response_depends_on_the_group():
     row = table.iloc[0]
     assert row["beats_mean_shift"]
     assert row["delta_pearson"] > row["delta_pearson_mean_shift"] + 0.2
+    # the shape: the mean shift keeps the control cells' variances (all 20 genes are scored)
+    adata = model.adata
+    cells = adata.obs["group"] == "g1"
+    stim, ctrl = (adata.X[cells & (adata.obs["condition"] == c)] for c in ("stimulated", "control"))
+    assert row["r2_var_mean_shift"] == pytest.approx(r2_var(ctrl, stim))
+    assert 0 <= row["r2_var"] <= 1
     # trVAE's own response is the better one, and anchor="auto" (the refit's state ratio) said so
     assert table.loc[table["own"], "anchor"].tolist() == [0.0]
     assert table.attrs["anchor"] == 0.0 == model.init_params["anchor"]

@@ -83,7 +83,8 @@ class AssessmentMixin:
         Returns
         -------
         A DataFrame with one row per (group, perturbation, anchor weight): ``delta_pearson``,
-        ``edist``, ``r2_mean`` of trVAE and the same with suffix ``_mean_shift``, and
+        ``edist``, ``r2_mean``, ``r2_var`` (of the per-gene variances: the shape) of trVAE and
+        the same with suffix ``_mean_shift``, and
         ``beats_mean_shift`` (higher Pearson r *and* lower E-distance) and ``interval_coverage``
         (the fraction of the DEGs whose real mean change lies in the refit's response interval,
         before any calibration) and ``own`` (the row's weight is the refit's own).
@@ -245,7 +246,7 @@ def _response_degs(real: np.ndarray, source: np.ndarray, var_names: pd.Index) ->
 def _score(r: np.ndarray, c: np.ndarray, pred, shift, idx: np.ndarray) -> dict:
     """trVAE's and the mean shift's scores on genes ``idx``; ``r`` and ``c`` are the real and
     the source cells on those genes, dense."""
-    from trvae.metrics import delta_pearson, energy_distance, r2_mean
+    from trvae.metrics import delta_pearson, energy_distance, r2_mean, r2_var
     from trvae.metrics._helpers import _dense
 
     row = {"n_cells": len(r)}
@@ -253,6 +254,7 @@ def _score(r: np.ndarray, c: np.ndarray, pred, shift, idx: np.ndarray) -> dict:
         row[f"delta_pearson{name}"] = delta_pearson(p, r, c)
         row[f"edist{name}"] = energy_distance(p, r)
         row[f"r2_mean{name}"] = r2_mean(p, r)
+        row[f"r2_var{name}"] = r2_var(p, r)
     row["beats_mean_shift"] = bool(
         row["delta_pearson"] > row["delta_pearson_mean_shift"]
         and row["edist"] < row["edist_mean_shift"]
