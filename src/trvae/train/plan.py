@@ -18,7 +18,7 @@ from trvae._errors import check_integer, check_number
 from trvae.data.cell_data import CellData
 from trvae.data.device_data import DeviceCellData, prefetched
 from trvae.module import TRVAEModule
-from trvae.train import batch_norm, checkpoint, schedule
+from trvae.train import batch_norm, checkpoint, optim
 from trvae.train._ddp import _NO_FORWARD_BUFFER_SYNC, _all_reduce, _broadcast_buffers, _Loss
 from trvae.train.precision import autocast, check_precision
 
@@ -45,7 +45,7 @@ class TrainingPlan:
         ``"plateau"`` (default): multiply the learning rate by ``lr_factor`` after
         ``lr_patience`` epochs without improvement of the validation loss. ``"cosine"``: lower
         it along a half cosine from ``lr`` at the first epoch to 1 % of it after
-        ``max_epochs`` (:mod:`trvae.train.schedule`; evidence: ``docs/choosing-parameters.md``).
+        ``max_epochs`` (:mod:`trvae.train.optim`; evidence: ``docs/choosing-parameters.md``).
     lr_patience, lr_factor
         The plateau schedule's patience and factor.
     kl_warmup
@@ -96,7 +96,7 @@ class TrainingPlan:
         self.min_delta = check_number("min_delta", self.min_delta, low=0)
         self.lr_patience = check_integer("lr_patience", self.lr_patience, minimum=0)
         self.lr_factor = check_number("lr_factor", self.lr_factor, 0, 1, True, True)
-        self.lr_schedule = schedule.check_schedule(self.lr_schedule)
+        self.lr_schedule = optim.check_schedule(self.lr_schedule)
         self.kl_warmup = check_integer("kl_warmup", self.kl_warmup, minimum=0)
 
     def fit(
@@ -187,7 +187,7 @@ class TrainingPlan:
         device = torch.device(device) if device is not None else _module_device(module)
         rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
         torch.manual_seed(seed + rank)
-        optimizer = _adam(module.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        optimizer = optim.adam(module.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         run = _Run(
             device=device,
             rank=rank,
@@ -195,14 +195,14 @@ class TrainingPlan:
             rng=np.random.default_rng(seed),
             rank_rng=np.random.default_rng([seed, rank]),  # DDP: shuffles this rank's share
             optimizer=optimizer,
-            scheduler=schedule.make_schedule(
+            scheduler=optim.make_schedule(
                 self.lr_schedule, optimizer, self.max_epochs, self.lr_factor, self.lr_patience
             ),
             alpha=module.alpha,
             step=module.loss,
         )
         if resume_state is not None:
-            schedule.check_resume(resume_state, self.lr_schedule)
+            optim.check_resume(resume_state, self.lr_schedule)
             module.load_state_dict(resume_state["module"])
             optimizer.load_state_dict(resume_state["optimizer"])
             run.scheduler.load_state_dict(resume_state["scheduler"])
@@ -289,7 +289,7 @@ class TrainingPlan:
             record.update(_means("val", val))
         monitor = record["val_loss"] if has_val else record["train_loss"]
         run.history.append(record)
-        schedule.step(run.scheduler, monitor)
+        optim.step(run.scheduler, monitor)
         if monitor < run.best_loss - self.min_delta:
             run.best_loss, run.best_epoch = monitor, epoch
             run.best_state = copy.deepcopy(module.state_dict())
@@ -302,7 +302,7 @@ class TrainingPlan:
             "module": module.state_dict(),
             "optimizer": run.optimizer.state_dict(),
             "scheduler": run.scheduler.state_dict(),
-            "lr_schedule": schedule.name_of(run.scheduler),
+            "lr_schedule": optim.name_of(run.scheduler),
             "history": run.history,
             "best_loss": run.best_loss,
             "best_epoch": run.best_epoch,
@@ -332,7 +332,7 @@ class _Run:
     rng: np.random.Generator
     rank_rng: np.random.Generator
     optimizer: torch.optim.Optimizer
-    scheduler: schedule.Schedule
+    scheduler: optim.Schedule
     alpha: float
     step: Callable
     history: list[dict] = field(default_factory=list)
@@ -350,19 +350,6 @@ class _Run:
 def _module_device(module: nn.Module) -> torch.device:
     param = next(module.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
-
-
-def _adam(params, **kwargs) -> torch.optim.Adam:
-    """Adam with the fused implementation (one kernel for all parameters) where torch has it.
-
-    Several times faster on CPU (``docs/choosing-parameters.md``). Older torch falls back to the
-    default implementation.
-    """
-    params = list(params)
-    try:
-        return torch.optim.Adam(params, fused=True, **kwargs)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(params, **kwargs)
 
 
 @torch.no_grad()

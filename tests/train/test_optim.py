@@ -1,4 +1,4 @@
-"""Learning-rate schedules (trvae.train.schedule) and their use by the training plan."""
+"""Learning-rate schedules (trvae.train.optim) and their use by the training plan."""
 
 import numpy as np
 import pytest
@@ -8,7 +8,7 @@ from trvae import TRVAEError
 from trvae.data.cell_data import CellData
 from trvae.module import TRVAEModule
 from trvae.train import TrainingPlan
-from trvae.train.schedule import COSINE_FLOOR, make_schedule, step
+from trvae.train.optim import COSINE_FLOOR, make_schedule, step
 
 
 def _fit(lr_schedule, max_epochs=6, **kwargs):
