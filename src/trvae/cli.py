@@ -67,9 +67,8 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         raise TRVAEError(f"{out} exists; pass --overwrite to replace it")
     model = TRVAE(adata, condition_key=args.condition_key, **model_kwargs)
     start = time.perf_counter()
-    budget = arg_kwargs(
-        args, "max_epochs", "batch_size", "lr", "lr_schedule", "accelerator", "precision"
-    )
+    budget = arg_kwargs(args, "max_epochs", "batch_size", "lr", "accelerator", "precision")
+    budget.update(arg_kwargs(args, "lr_schedule", given_only=True))  # else the package default
     model.train(
         progress_bar=not args.quiet,
         **budget,
@@ -202,8 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument(
-        "--lr-schedule", choices=("plateau", "cosine"), default="plateau",
-        help="learning-rate schedule (default plateau; see docs/choosing-parameters.md)",
+        "--lr-schedule", choices=("plateau", "cosine"),
+        help="learning-rate schedule (default: the package's, plateau)",
     )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-latent", type=positive)
