@@ -279,13 +279,14 @@ def load_set(name: str, quick: bool = False, sim_settings: dict | None = None) -
         settings.pop("cells_per_group")
         settings["group_sizes"] = tuple(max(10, s // 3) for s in sizes)
     settings.update(sim_settings or {})
-    adata = _minimal(simulate_perturbation(name, **settings), "condition", "cell_type")
+    group_key = "donor" if SCENARIOS[name].n_states else "cell_type"
+    adata = _minimal(simulate_perturbation(name, **settings), "condition", group_key)
     extra = ", ".join(f"{k}={v}" for k, v in settings.items())
     text = (
         f"simulate_perturbation({name!r}{', ' + extra if extra else ''}): {adata.n_obs} cells × "
         f"{adata.n_vars} genes, log-normalised"
     )
-    return _make_set(name, adata, "condition", "cell_type", "control", 2, text)
+    return _make_set(name, adata, "condition", group_key, "control", 2, text)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -71,8 +71,10 @@ DEFAULTS_PARAGRAPH = (
     "for them. Batch norm's statistics re-estimated over all training cells after training "
     "were screened on `kang-counts` and the five synthetic sets at seeds 0 and 1, but the "
     "diagnosis that led to them came from the `kang` FCGR3A+Mono fold, so the `kang` rows are "
-    "no independent test of that either. Only a data set outside the project (`--data`) is a "
-    "clean test."
+    "no independent test of that either. The `donors` set (groups are donors holding the "
+    "same cell states in their own proportions, as in a drug screen across patients) was "
+    "added on 2026-12-07, after every default above: no default was chosen on it. Only a "
+    "data set outside the project (`--data`) is a clean test."
 )
 
 

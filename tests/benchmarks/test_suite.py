@@ -290,3 +290,10 @@ def test_cli_registers_suite(monkeypatch, tmp_path, capsys):
     assert seen["command"].startswith("trvae benchmark suite")
     assert main([*argv, "--n-hidden", "8"]) == 2
     assert "package defaults" in capsys.readouterr().err
+
+
+def test_donor_set_holds_out_donors():
+    ds = suite.load_set("donors", quick=True)
+    assert ds.group_key == "donor"
+    assert ds.groups == [f"donor{d}" for d in range(5)]
+    assert list(ds.adata.obs.columns) == ["condition", "donor"]

@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 
 from trvae._errors import TRVAEError
-from trvae.datasets._simulate import SCENARIOS, Scenario, simulate_perturbation, synthetic_counts
+from trvae.datasets._scenarios import SCENARIOS, Scenario, simulate_perturbation
+from trvae.datasets._simulate import synthetic_counts
 
 __all__ = [
     "REGISTRY",

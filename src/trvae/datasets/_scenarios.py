@@ -1,0 +1,208 @@
+"""Small in-memory development scenarios of perturbation data (:func:`simulate_perturbation`),
+drawn from the count model of :mod:`trvae.datasets._simulate`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from trvae._errors import TRVAEError
+from trvae.datasets._simulate import _condition_names, _names, _simulate_cells, _simulator
+from trvae.pp import log_normalize
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """Settings of :func:`simulate_perturbation` (see there for their meaning).
+
+    Examples
+    --------
+    >>> from trvae.datasets import Scenario, simulate_perturbation
+    >>> adata = simulate_perturbation(Scenario(n_cell_types=2, cells_per_group=10), n_genes=20)
+    >>> adata.shape
+    (40, 20)
+    """
+
+    n_cell_types: int = 5
+    n_conditions: int = 2
+    group_sizes: tuple[int, ...] | None = None
+    cells_per_group: int = 300
+    shared_scale: float = 1.0
+    specific_scale: float = 0.6
+    opposite_fraction: float = 0.0
+    responder_fraction: float = 1.0
+    response_fraction: float = 0.1
+    n_states: int = 0
+    donor_sd: float = 0.3
+    donor_response_sd: float = 0.3
+
+
+#: Development scenarios of :func:`simulate_perturbation`, each stressing one failure mode of
+#: perturbation prediction (the generalisation suite runs every one).
+SCENARIOS: dict[str, Scenario] = {
+    "shared": Scenario(shared_scale=1.0, specific_scale=0.0),
+    "specific": Scenario(shared_scale=0.5, specific_scale=1.2, opposite_fraction=0.3),
+    "three_conditions": Scenario(n_conditions=3),
+    "unequal": Scenario(group_sizes=(900, 450, 250, 120, 40)),
+    "variance": Scenario(responder_fraction=0.5),
+    "donors": Scenario(n_states=3, shared_scale=0.6),
+}
+
+
+def simulate_perturbation(
+    scenario: str | Scenario = "shared", n_genes: int = 500, seed: int = 0, **settings
+) -> ad.AnnData:
+    """Simulate a small perturbation experiment in memory, with the truth known.
+
+    Cells of ``n_cell_types`` cell types under ``n_conditions`` conditions (the first is
+    ``"control"``) are drawn from the negative-binomial model of :func:`synthetic_counts`: a
+    perturbation adds to the log-frequencies a response shared by all types (scaled per type)
+    and a type-specific one; ``opposite_fraction`` of the shared-response genes have the
+    opposite sign in each type; with ``responder_fraction < 1`` only that fraction of the
+    perturbed cells respond (the others look like controls), which changes the variance and
+    makes the response bimodal. With ``n_states > 0`` the groups are donors instead of cell
+    types (a perturbation screen across patients): every donor holds the same ``n_states``
+    cell states in its own proportions (Dirichlet, concentration 2), shifted as a whole by a
+    donor offset in programme space (SD ``donor_sd``), and the response belongs to the state
+    (shared and state-specific parts as above) plus a small donor-specific part (SD
+    ``donor_response_sd`` on as many genes as a specific response); a donor's mean response
+    then depends on its mixture of states.
+
+    Parameters
+    ----------
+    scenario
+        A key of :data:`SCENARIOS` (``"shared"``, ``"specific"``, ``"three_conditions"``,
+        ``"unequal"``, ``"variance"``) or a :class:`Scenario`.
+    n_genes
+        Number of genes.
+    seed
+        Seed of everything.
+    **settings
+        Fields of :class:`Scenario` that override the scenario's: ``n_cell_types``,
+        ``n_conditions``, ``group_sizes`` (cells per cell type and condition, one entry per
+        type; default ``cells_per_group`` each), ``shared_scale`` and ``specific_scale`` (SD of
+        the log-fold changes of the shared and type-specific response genes),
+        ``opposite_fraction`` (shared-response genes whose sign flips, per type),
+        ``responder_fraction`` (perturbed cells that respond), ``response_fraction`` (genes in
+        the shared response; half as many in each specific one), ``n_states``, ``donor_sd``
+        and ``donor_response_sd`` (donors as groups, above).
+
+    Returns
+    -------
+    AnnData with log-normalised X (CSR, :func:`trvae.pp.log_normalize`), raw counts in
+    ``layers["counts"]``, ``obs["condition"]``, ``obs["cell_type"]``, ``obs["responder"]``
+    and ``uns["simulation"]`` (the settings and ``true_log_effect``, cell types x conditions x
+    genes). With ``n_states > 0``: ``obs["donor"]`` (``donor0``, ...; the groups),
+    ``obs["cell_type"]`` the state (``state0``, ...), and ``true_log_effect`` per donor and
+    state, donors x states x conditions x genes.
+
+    Examples
+    --------
+    >>> adata = simulate_perturbation("shared", n_genes=50, cells_per_group=20)
+    >>> adata.shape, sorted(adata.obs["condition"].unique())
+    ((200, 50), ['control', 'stimulated'])
+    """
+    if isinstance(scenario, str):
+        if scenario not in SCENARIOS:
+            raise TRVAEError(f"scenario must be one of {tuple(SCENARIOS)}, got {scenario!r}")
+        name, scenario = scenario, SCENARIOS[scenario]
+    else:
+        name = "custom"
+    unknown = sorted(set(settings) - {f.name for f in fields(Scenario)})
+    if unknown:
+        raise TRVAEError(f"unknown simulate_perturbation settings: {unknown}")
+    sc = replace(scenario, **settings)
+    n_types = len(sc.group_sizes) if sc.group_sizes is not None else sc.n_cell_types
+    sizes = np.asarray(sc.group_sizes or (sc.cells_per_group,) * n_types, dtype=np.int64)
+    if n_genes < 2 or sc.n_conditions < 2 or len(sizes) < 1 or sizes.min() < 1:
+        raise TRVAEError("simulate_perturbation needs n_genes >= 2, n_conditions >= 2, cells >= 1")
+    if sc.n_states < 0:
+        raise TRVAEError(f"n_states must be >= 0, got {sc.n_states}")
+    rng = np.random.default_rng([seed, 10])
+    n_kinds = sc.n_states or n_types  # cell types, or the states every donor holds
+    sim = _simulator(n_genes, sc.n_conditions, n_kinds, seed, 10, sc.response_fraction)
+    sim["effect"] = _effects(rng, n_genes, n_kinds, sc)
+    groups = np.repeat(np.arange(n_types), sizes * sc.n_conditions)
+    conds = np.concatenate([np.repeat(np.arange(sc.n_conditions), s) for s in sizes])
+    types = groups
+    labels = {"cell_type": pd.Categorical.from_codes(types, [f"type{t}" for t in range(n_types)])}
+    if sc.n_states:
+        sim, types = _donor_design(rng, sim, groups, sc)
+        states = types % sc.n_states
+        labels = {
+            "donor": pd.Categorical.from_codes(groups, [f"donor{d}" for d in range(n_types)]),
+            "cell_type": pd.Categorical.from_codes(states, [f"state{s}" for s in range(n_kinds)]),
+        }
+    responder = (conds > 0) & (rng.random(len(conds)) < sc.responder_fraction)
+    counts, _ = _simulate_cells(sim, types, np.where(responder, conds, 0), rng, 1500.0, 0.4)
+    counts = sparse.csr_matrix(counts.astype(np.float32))
+    obs = pd.DataFrame(
+        {
+            "condition": pd.Categorical.from_codes(conds, _condition_names(sc.n_conditions)),
+            **labels,
+            "responder": responder,
+        },
+        index=_names("cell", len(types)),
+    )
+    adata = ad.AnnData(
+        X=log_normalize(counts), obs=obs, var=pd.DataFrame(index=_names("gene", n_genes))
+    )
+    adata.layers["counts"] = counts
+    effect = sim["effect"]
+    if sc.n_states:
+        effect = effect.reshape(n_types, sc.n_states, *effect.shape[1:])
+    adata.uns["simulation"] = {
+        "scenario": name,
+        "true_log_effect": effect.astype(np.float32),
+        **{k: v for k, v in asdict(sc).items() if v is not None},
+        "seed": int(seed),
+    }
+    return adata
+
+
+def _effects(rng: np.random.Generator, n_genes: int, n_types: int, sc: Scenario) -> np.ndarray:
+    """Log-fold changes (types x conditions x genes) of :func:`simulate_perturbation`."""
+    n_shared = max(1, round(sc.response_fraction * n_genes))
+    n_specific = max(1, round(sc.response_fraction * n_genes / 2))
+    effect = np.zeros((n_types, sc.n_conditions, n_genes))
+    for c in range(1, sc.n_conditions):
+        shared = np.zeros(n_genes)
+        genes = rng.choice(n_genes, n_shared, replace=False)
+        shared[genes] = rng.normal(0.0, sc.shared_scale, n_shared)
+        for t in range(n_types):
+            sign = np.ones(n_genes)
+            sign[genes[rng.random(n_shared) < sc.opposite_fraction]] = -1.0
+            specific = np.zeros(n_genes)
+            specific[rng.choice(n_genes, n_specific, replace=False)] = rng.normal(
+                0.0, sc.specific_scale, n_specific
+            )
+            effect[t, c] = rng.uniform(0.7, 1.3) * sign * shared + specific
+    return effect
+
+
+def _donor_design(
+    rng: np.random.Generator, sim: dict, donors: np.ndarray, sc: Scenario
+) -> tuple[dict, np.ndarray]:
+    """Donors holding ``sc.n_states`` shared states: the simulator of every (donor, state)
+    pair (index ``donor * n_states + state``) and each cell's pair, drawn from its donor's
+    proportions."""
+    n_donors, k = int(donors.max()) + 1, sc.n_states
+    n_conditions, n_genes = sim["effect"].shape[1:]
+    offset = rng.normal(0.0, sc.donor_sd, (n_donors, sim["centroids"].shape[1]))
+    n_own = max(1, round(sc.response_fraction * n_genes / 2))
+    own = np.zeros((n_donors, n_conditions, n_genes))
+    for d in range(n_donors):
+        for c in range(1, n_conditions):
+            own[d, c, rng.choice(n_genes, n_own, replace=False)] = rng.normal(
+                0.0, sc.donor_response_sd, n_own
+            )
+    pairs = dict(sim)
+    pairs["centroids"] = (sim["centroids"][None] + offset[:, None]).reshape(n_donors * k, -1)
+    pairs["effect"] = (sim["effect"][None] + own[:, None]).reshape(n_donors * k, n_conditions, -1)
+    cumulative = np.cumsum(rng.dirichlet(np.full(k, 2.0), n_donors), axis=1)
+    states = (rng.random(len(donors))[:, None] > cumulative[donors, :-1]).sum(axis=1)
+    return pairs, donors * k + states

@@ -1,0 +1,61 @@
+"""Tests for trvae.datasets.simulate_perturbation's development scenarios."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from trvae._errors import TRVAEError
+from trvae.datasets import simulate_perturbation
+
+SMALL = {"n_genes": 60, "cells_per_group": 200}
+
+
+def test_cell_type_scenarios_have_no_donors():
+    adata = simulate_perturbation("shared", **SMALL)
+    assert "donor" not in adata.obs
+    assert adata.uns["simulation"]["true_log_effect"].shape == (5, 2, 60)
+
+
+def test_donors_hold_the_same_states_in_their_own_proportions():
+    adata = simulate_perturbation("donors", **SMALL)
+    obs = adata.obs
+    assert adata.n_obs == 5 * 2 * 200
+    assert sorted(obs["donor"].unique()) == [f"donor{d}" for d in range(5)]
+    assert sorted(obs["cell_type"].unique()) == ["state0", "state1", "state2"]
+    # every donor has both conditions, in equal numbers
+    per_donor = pd.crosstab(obs["donor"], obs["condition"])
+    assert (per_donor.to_numpy() == 200).all()
+    # the proportions of the states differ between donors but not between a donor's conditions
+    share = pd.crosstab([obs["donor"], obs["condition"]], obs["cell_type"], normalize="index")
+    control = share.xs("control", level="condition")
+    stimulated = share.xs("stimulated", level="condition")
+    assert np.abs(control.to_numpy() - stimulated.to_numpy()).max() < 0.15
+    assert (control.max() - control.min()).max() > 0.2
+
+
+def test_donor_responses_belong_to_the_state():
+    adata = simulate_perturbation("donors", **SMALL)
+    effect = adata.uns["simulation"]["true_log_effect"]
+    assert effect.shape == (5, 3, 2, 60)  # donors x states x conditions x genes
+    assert np.all(effect[:, :, 0] == 0)  # the control has no effect
+    response = effect[:, :, 1]
+    # the states respond differently ...
+    assert np.abs(response[0, 0] - response[0, 1]).max() > 0.1
+    # ... and two donors' responses of a state differ by the same donor part in every state
+    between = response[0] - response[1]
+    assert np.allclose(between, between[0])
+    assert 0 < np.count_nonzero(between[0]) <= 2 * round(0.1 * 60 / 2)
+
+
+def test_donors_are_seeded():
+    a = simulate_perturbation("donors", seed=3, **SMALL)
+    b = simulate_perturbation("donors", seed=3, **SMALL)
+    assert (a.X != b.X).nnz == 0
+    assert a.obs.equals(b.obs)
+
+
+def test_negative_number_of_states_is_refused():
+    with pytest.raises(TRVAEError, match="n_states"):
+        simulate_perturbation("shared", n_states=-1, **SMALL)
