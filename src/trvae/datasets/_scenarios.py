@@ -76,16 +76,17 @@ def simulate_perturbation(
     ----------
     scenario
         A key of :data:`SCENARIOS` (``"shared"``, ``"specific"``, ``"three_conditions"``,
-        ``"unequal"``, ``"variance"``) or a :class:`Scenario`.
+        ``"unequal"``, ``"variance"``, ``"donors"``) or a :class:`Scenario`.
     n_genes
         Number of genes.
     seed
         Seed of everything.
     **settings
-        Fields of :class:`Scenario` that override the scenario's: ``n_cell_types``,
-        ``n_conditions``, ``group_sizes`` (cells per cell type and condition, one entry per
-        type; default ``cells_per_group`` each), ``shared_scale`` and ``specific_scale`` (SD of
-        the log-fold changes of the shared and type-specific response genes),
+        Fields of :class:`Scenario` that override the scenario's: ``n_cell_types`` (the
+        number of groups: cell types, or donors with ``n_states > 0``), ``n_conditions``,
+        ``group_sizes`` (cells per group and condition, one entry per group; default
+        ``cells_per_group`` each), ``shared_scale`` and ``specific_scale`` (SD of the log-fold
+        changes of the shared and type-specific response genes),
         ``opposite_fraction`` (shared-response genes whose sign flips, per type),
         ``responder_fraction`` (perturbed cells that respond), ``response_fraction`` (genes in
         the shared response; half as many in each specific one), ``n_states``, ``donor_sd``
