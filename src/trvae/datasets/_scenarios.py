@@ -11,7 +11,13 @@ import pandas as pd
 from scipy import sparse
 
 from trvae._errors import TRVAEError
-from trvae.datasets._simulate import _condition_names, _names, _simulate_cells, _simulator
+from trvae.datasets._simulate import (
+    _condition_names,
+    _names,
+    _response_sizes,
+    _simulate_cells,
+    _simulator,
+)
 from trvae.pp import log_normalize
 
 
@@ -167,8 +173,7 @@ def simulate_perturbation(
 
 def _effects(rng: np.random.Generator, n_genes: int, n_types: int, sc: Scenario) -> np.ndarray:
     """Log-fold changes (types x conditions x genes) of :func:`simulate_perturbation`."""
-    n_shared = max(1, round(sc.response_fraction * n_genes))
-    n_specific = max(1, round(sc.response_fraction * n_genes / 2))
+    n_shared, n_specific = _response_sizes(sc.response_fraction, n_genes)
     effect = np.zeros((n_types, sc.n_conditions, n_genes))
     for c in range(1, sc.n_conditions):
         shared = np.zeros(n_genes)
@@ -194,7 +199,7 @@ def _donor_design(
     n_donors, k = int(donors.max()) + 1, sc.n_states
     n_conditions, n_genes = sim["effect"].shape[1:]
     offset = rng.normal(0.0, sc.donor_sd, (n_donors, sim["centroids"].shape[1]))
-    n_own = max(1, round(sc.response_fraction * n_genes / 2))
+    n_own = _response_sizes(sc.response_fraction, n_genes)[1]
     own = np.zeros((n_donors, n_conditions, n_genes))
     for d in range(n_donors):
         for c in range(1, n_conditions):

@@ -29,6 +29,12 @@ def _names(prefix: str, n: int) -> pd.Index:
     return pd.Index(np.char.add(prefix, np.char.zfill(np.arange(n).astype(str), len(str(n - 1)))))
 
 
+def _response_sizes(response_fraction: float, n_genes: int) -> tuple[int, int]:
+    """Genes in a shared response and in each group-specific one (half as many)."""
+    n_shared = max(1, round(response_fraction * n_genes))
+    return n_shared, max(1, round(response_fraction * n_genes / 2))
+
+
 def _simulator(
     n_genes: int,
     n_conditions: int,
@@ -42,8 +48,7 @@ def _simulator(
     baseline = rng.normal(0.0, 1.0, n_genes)  # log-abundance of each gene
     loadings = rng.normal(0.0, 0.4, (n_factors, n_genes))  # gene programmes
     centroids = rng.normal(0.0, 1.0, (n_cell_types, n_factors))  # cell types in factor space
-    n_shared = max(1, round(response_fraction * n_genes))
-    n_specific = max(1, round(response_fraction * n_genes / 2))
+    n_shared, n_specific = _response_sizes(response_fraction, n_genes)
     effect = np.zeros((n_cell_types, n_conditions, n_genes))
     for c in range(1, n_conditions):  # condition 0 is the control: no effect
         shared = np.zeros(n_genes)
