@@ -66,12 +66,6 @@ def make_schedule(
     return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=factor, patience=patience)
 
 
-def name_of(schedule: Schedule) -> str:
-    """Which of :data:`LR_SCHEDULES` ``schedule`` is (checkpoints record it)."""
-    plateau = isinstance(schedule, torch.optim.lr_scheduler.ReduceLROnPlateau)
-    return "plateau" if plateau else "cosine"
-
-
 def check_resume(state: dict, name: str) -> None:
     """Refuse to resume a training ``state`` written under another schedule than ``name``."""
     written = state.get("lr_schedule", "plateau")  # states written before the choice: plateau

@@ -295,14 +295,15 @@ class TrainingPlan:
             run.best_state = copy.deepcopy(module.state_dict())
         return monitor
 
-    @staticmethod
-    def _checkpoint(run: _Run, module: TRVAEModule, on_epoch_end: Callable[[dict], None]) -> None:
+    def _checkpoint(
+        self, run: _Run, module: TRVAEModule, on_epoch_end: Callable[[dict], None]
+    ) -> None:
         """Hand the training state (:mod:`trvae.train.checkpoint`) to ``on_epoch_end``, rank 0."""
         state = {
             "module": module.state_dict(),
             "optimizer": run.optimizer.state_dict(),
             "scheduler": run.scheduler.state_dict(),
-            "lr_schedule": optim.name_of(run.scheduler),
+            "lr_schedule": self.lr_schedule,
             "history": run.history,
             "best_loss": run.best_loss,
             "best_epoch": run.best_epoch,
