@@ -34,6 +34,7 @@ class PredictionMixin:
         match_depth: bool = False,
         match_state: bool = True,
         match_nonzero: bool = True,
+        local_shift: bool = True,
     ) -> AnnData:
         """Carry cells to ``target_condition``: encode with their condition, decode with the target.
 
@@ -131,6 +132,13 @@ class PredictionMixin:
             the cells to predict, at the gene's predicted mean, which is kept
             (:mod:`trvae.module.nonzero`; ``uns["trvae_prediction"]["nonzero_matched"]``: the
             genes moved). On by default.
+        local_shift
+            MSE ``mode="quantile"`` with an anchor above 0, a model with ``mmd_group_key`` and
+            its training data: where the model's local ratio is below 1, the anchor's shift is
+            the mean over the cells of the training data's response among each cell's nearest
+            training cells in z, not the pooled mean shift (:mod:`trvae.module.local_shift`;
+            ``uns["trvae_prediction"]["local_shift"]`` lists the source conditions that took
+            it, ``["local_ratio"]`` the ratios). On by default.
 
         Returns
         -------
@@ -168,6 +176,7 @@ class PredictionMixin:
                 "batch_size": batch_size, "seed": seed, "accelerator": accelerator,
                 "precision": precision, "anchor": anchor, "match_depth": match_depth,
                 "match_state": match_state, "match_nonzero": match_nonzero,
+                "local_shift": local_shift,
             }  # fmt: skip
             return self._predict_groups(adata, target_condition, group_key, out, kwargs)
         likelihood = self.init_params["likelihood"]
@@ -196,7 +205,7 @@ class PredictionMixin:
         if mode == "quantile" and likelihood == "mse":
             fn, matched = self._quantile_fn(
                 data, target, seed, batch_size, accelerator, precision, anchors, match_depth,
-                match_state, match_nonzero,
+                match_state, match_nonzero, local_shift,
             )  # fmt: skip
         values = mode if mode != "decode" else ("mean" if return_mean else "sample")
         uns = {
@@ -217,6 +226,9 @@ class PredictionMixin:
         ratios = {self.conditions_[s]: shifts.ratio(s, target) for s in sources}
         if any(np.isfinite(ratio) for ratio in ratios.values()):
             uns["trvae_prediction"]["state_ratio"] = ratios
+        local_ratios = {self.conditions_[s]: shifts.local(s, target) for s in sources}
+        if any(np.isfinite(ratio) for ratio in local_ratios.values()):
+            uns["trvae_prediction"]["local_ratio"] = local_ratios
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             if out is not None:

@@ -89,8 +89,10 @@ class ReadoutMixin:
         -------
         A DataFrame with one row per pair ``source`` != ``target``: ``state_ratio`` (NaN where
         unknown: fewer than three groups with both conditions), ``anchor`` (the weight
-        :meth:`predict` uses by default: the model's ``anchor``, resolved when ``"auto"``) and
-        ``level_weight`` (how level-aware the mean shift is; NaN before training).
+        :meth:`predict` uses by default: the model's ``anchor``, resolved when ``"auto"``),
+        ``level_weight`` (how level-aware the mean shift is; NaN before training) and
+        ``local_ratio`` (below 1: the anchor takes the local mean shift,
+        :mod:`trvae.module.local_shift`; NaN where unknown).
 
         Examples
         --------
@@ -99,10 +101,10 @@ class ReadoutMixin:
         >>> model = trvae.TRVAE(adata, "condition", mmd_group_key="cell_type", n_hidden=(16,))
         >>> _ = model.train(max_epochs=1, progress_bar=False, accelerator="cpu")
         >>> model.anchor_weights().columns.tolist()
-        ['source', 'target', 'state_ratio', 'anchor', 'level_weight']
+        ['source', 'target', 'state_ratio', 'anchor', 'level_weight', 'local_ratio']
         """
         shifts = self.module.mean_shifts
-        columns = ["source", "target", "state_ratio", "anchor", "level_weight"]
+        columns = ["source", "target", "state_ratio", "anchor", "level_weight", "local_ratio"]
         rows = []
         for s, source in enumerate(self.conditions_):
             for t, target in enumerate(self.conditions_):
@@ -110,7 +112,8 @@ class ReadoutMixin:
                     continue
                 level = np.nan if shifts.level_weight is None else float(shifts.level_weight[s, t])
                 anchor = self._own_anchor(source, target) if shifts.built else np.nan
-                rows.append([source, target, shifts.ratio(s, t), anchor, level])
+                ratios = (shifts.ratio(s, t), shifts.local(s, t))
+                rows.append([source, target, ratios[0], anchor, level, ratios[1]])
         return pd.DataFrame(rows, columns=columns)
 
     def _own_anchor(self, source: str, target: str) -> float:
@@ -152,6 +155,7 @@ class ReadoutMixin:
         match_depth: bool = False,
         match_state: bool = False,
         match_nonzero: bool = False,
+        local_shift: bool = False,
     ):
         """The batch function of ``mode="quantile"`` (:mod:`trvae.module.readout`), after its
         first pass: the per-gene shift that matches the residual read-out's mean before its
@@ -165,11 +169,13 @@ class ReadoutMixin:
         condition's table from :meth:`_state_matched_tables` (unless depth matching rebuilt
         it). ``match_nonzero``: each gene's non-zero fraction moved toward the predicted cells'
         curve (:mod:`trvae.module.nonzero`), the values above the floor keeping their shape
-        and the mean. Returns the function and what
+        and the mean. ``local_shift``: the anchor's shift moved to the local shift where the
+        model's local ratio says so (:meth:`_local_deltas`). Returns the function and what
         was matched: ``"depth_matched"`` (the conditions whose tables were matched to the cells'
         depth), ``"state_weights"`` (the training groups' weights; absent where the tables
         were not state-matched) and ``"nonzero_matched"`` (the number of genes whose non-zero
-        fraction moved; absent without ``match_nonzero``)."""
+        fraction moved; absent without ``match_nonzero``) and ``"local_shift"`` (the source
+        conditions whose anchor took the local shift; absent without an anchor)."""
         module, tables, info = self.module, self.module.readout, {"depth_matched": []}
         if match_depth:
             conditions = [*torch.unique(data.conditions).tolist(), target]
@@ -193,6 +199,11 @@ class ReadoutMixin:
         if len(data) > readout.MATCH_CELLS:
             rng = np.random.default_rng([int(seed) % 2**63, len(data)])
             cells = np.sort(rng.choice(len(data), readout.MATCH_CELLS, replace=False))
+        local = None
+        if anchored:
+            local, info["local_shift"] = (
+                self._local_deltas(data, cells, target, anchors) if local_shift else (None, [])
+            )
 
         def levels(x, c, lib, start):
             """Each entry's source level u, the source and the target means."""
@@ -216,6 +227,8 @@ class ReadoutMixin:
                     if not anchored:
                         return torch.cat([u, to, residual, x, ties], dim=1)
                     shifted = x + module.mean_shifts.change(c, target, source)
+                    if local is not None:
+                        shifted = shifted + local.to(x.device)[c]
                     weight = module.mean_shifts.weights(c, target, per_condition.to(x.device)[c])
                     return torch.cat([u, to, residual, x, ties, shifted, weight], dim=1)
                 cond = torch.full_like(c, target)

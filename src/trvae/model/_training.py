@@ -169,14 +169,16 @@ class TrainingMixin:
 
     @torch.no_grad()
     def _fit_mean_shifts(self, data: CellData, batch_size: int = 4096) -> None:
-        """The mean shifts between conditions (:mod:`trvae.module.anchor`) from all cells of
-        ``data``, whose codes are ``group * n_conditions + condition`` (:meth:`_grouped`)."""
+        """The mean shifts between conditions (:mod:`trvae.module.anchor`) and their local
+        ratios (:mod:`trvae.module.local_shift`) from all cells of ``data``, whose codes are
+        ``group * n_conditions + condition`` (:meth:`_grouped`)."""
         n_conditions = len(self.conditions_)
         n_codes = n_conditions * max(1, len(self.init_params.get("mmd_groups") or []))
         every = np.arange(len(data))
         sums, sq_sums = data.code_sums(every, n_codes, self.module.n_input, batch_size, True)
         counts = torch.bincount(data.conditions, minlength=n_codes)
         self.module.mean_shifts.set(sums, counts, n_conditions, sq_sums)
+        self._fit_local_ratios(data, sums, batch_size=1024)
 
     @torch.no_grad()
     def _fit_noise_model(

@@ -18,6 +18,7 @@ from trvae.data import validation as V
 from trvae.data.cell_data import CellData
 from trvae.model._assessment import AssessmentMixin
 from trvae.model._inference import InferenceMixin
+from trvae.model._local_shift import LocalShiftMixin
 from trvae.model._prediction import PredictionMixin
 from trvae.model._readout import ReadoutMixin
 from trvae.model._response import ResponseMixin
@@ -58,6 +59,7 @@ class TRVAE(
     ResponseMixin,
     ReadoutMixin,
     TableMatchMixin,
+    LocalShiftMixin,
     AssessmentMixin,
     SaveLoadMixin,
 ):

@@ -97,6 +97,7 @@ class MeanShifts(nn.Module):
         self.register_buffer("level_fold", None)
         self.register_buffer("level_weight", None)
         self.register_buffer("state_ratio", None)
+        self.register_buffer("local_ratio", None)
         self.register_buffer("scale", torch.ones(()))
 
     @property
@@ -173,6 +174,21 @@ class MeanShifts(nn.Module):
         value = float(self.state_ratio[source, target])
         return value if value >= 0 else float("nan")
 
+    def local(self, source: int, target: int) -> float:
+        """The local ratio from condition ``source`` to ``target``
+        (:mod:`trvae.module.local_shift`; below 1: the anchor's target is the local shift); NaN
+        where unknown or not stored (a model saved before it existed: the pooled shift)."""
+        if self.local_ratio is None:
+            return float("nan")
+        value = float(self.local_ratio[source, target])
+        return value if value >= 0 else float("nan")
+
+    def set_local(self, ratios: Tensor) -> None:
+        """Store the local ratios (conditions x conditions; :data:`UNKNOWN_RATIO` where
+        unknown, NaN taken as unknown)."""
+        ratios = torch.as_tensor(ratios, dtype=torch.float32)
+        self.local_ratio = torch.where(torch.isnan(ratios), UNKNOWN_RATIO, ratios).contiguous()
+
     def auto_weight(self, source: int, target: int) -> float:
         """``anchor="auto"``'s weight from condition ``source`` to ``target``
         (:func:`auto_anchor` of :meth:`ratio`)."""
@@ -228,7 +244,7 @@ class MeanShifts(nn.Module):
         quiet = state_dict.get(prefix + "quiet")  # absent before trvae stored it: none quiet
         self.quiet = None if quiet is None else quiet.detach().bool().contiguous()
         # absent in models saved before they existed: the additive shift, the fallback anchor
-        for name in ("level_fold", "level_weight", "state_ratio"):
+        for name in ("level_fold", "level_weight", "state_ratio", "local_ratio"):
             value = state_dict.get(prefix + name)
             setattr(self, name, None if value is None else value.detach().float().contiguous())
         scale = state_dict.get(prefix + "scale")  # absent before trvae stored it: 1
