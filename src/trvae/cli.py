@@ -88,6 +88,8 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 else "state ratio unknown (needs --mmd-group-key and 3 groups with both)"
             )
             meaning = _anchor_meaning(row.anchor)
+            if row.anchor > 0 and row.local_ratio < 1:  # NaN (unknown): the pooled shift
+                meaning += f"; local mean shift, local ratio {row.local_ratio:.2f}"
             print(f"{row.source} -> {row.target}: {ratio}, anchor {row.anchor:g} ({meaning})")
     if args.group_key is not None:  # the self-assessment: n_groups more fits, same budget
         choose = args.anchor is None  # an --anchor given is kept
