@@ -44,6 +44,11 @@ nothing about their responses and trVAE's departures from the mean shift are ext
 below 1 they do. The weight is 0 at a ratio of at most ``AUTO_RATIOS[0]``, 1 from
 ``AUTO_RATIOS[1]``, linear between, rounded to :data:`AUTO_STEP`; :data:`AUTO_FALLBACK` where the
 ratio is unknown (fewer than three paired groups, no groups, a model saved before it existed).
+
+**Local ratio.** Where it is below 1 the anchor's target is not the pooled shift but the local
+one, read off the predicted cells' nearest training cells in z
+(:mod:`trvae.module.local_shift`); stored here per pair of conditions (``local_ratio``, NaN /
+:data:`UNKNOWN_RATIO` where unknown or not stored: the pooled shift).
 """
 
 from __future__ import annotations
@@ -169,19 +174,13 @@ class MeanShifts(nn.Module):
     def ratio(self, source: int, target: int) -> float:
         """The state ratio from condition ``source`` to ``target``; NaN where unknown (stored as
         :data:`UNKNOWN_RATIO`, or not stored: a model saved before it existed)."""
-        if self.state_ratio is None:
-            return float("nan")
-        value = float(self.state_ratio[source, target])
-        return value if value >= 0 else float("nan")
+        return _stored_ratio(self.state_ratio, source, target)
 
     def local(self, source: int, target: int) -> float:
         """The local ratio from condition ``source`` to ``target``
         (:mod:`trvae.module.local_shift`; below 1: the anchor's target is the local shift); NaN
         where unknown or not stored (a model saved before it existed: the pooled shift)."""
-        if self.local_ratio is None:
-            return float("nan")
-        value = float(self.local_ratio[source, target])
-        return value if value >= 0 else float("nan")
+        return _stored_ratio(self.local_ratio, source, target)
 
     def set_local(self, ratios: Tensor) -> None:
         """Store the local ratios (conditions x conditions; :data:`UNKNOWN_RATIO` where
@@ -249,6 +248,14 @@ class MeanShifts(nn.Module):
             setattr(self, name, None if value is None else value.detach().float().contiguous())
         scale = state_dict.get(prefix + "scale")  # absent before trvae stored it: 1
         self.scale = torch.ones(()) if scale is None else scale.detach().float().reshape(())
+
+
+def _stored_ratio(ratios: Tensor | None, source: int, target: int) -> float:
+    """``ratios[source, target]``; NaN where not stored or stored as unknown (negative)."""
+    if ratios is None:
+        return float("nan")
+    value = float(ratios[source, target])
+    return value if value >= 0 else float("nan")
 
 
 def _level_aware(log_fold: Tensor, level: Tensor) -> Tensor:
