@@ -25,36 +25,32 @@ class LocalShiftMixin:
         if len(self.init_params.get("mmd_groups") or []) >= 3:
             plain, group, counts = self._split_codes(data)
             pool, z = self._local_pool(plain, batch_size)
-            codes = plain.conditions.numpy()[pool]
+            codes, pool_group = plain.conditions.numpy()[pool], group[pool]
             sums = sums.double().reshape(len(counts), n_cond, -1)
             means = sums / counts.clamp_min(1)[..., None]
-            rows, plans = [], []
             for s in range(n_cond):
                 for t in range(n_cond):
                     paired = np.flatnonzero(((counts[:, s] > 0) & (counts[:, t] > 0)).numpy())
                     if s == t or len(paired) < 3:
                         continue
-                    held = []
+                    rows, held = [], []  # per held-out group: its local estimate's two rows
                     for h in paired:
-                        query = (group[pool] == h) & (codes == s)
+                        query = (pool_group == h) & (codes == s)
                         if query.any():
                             others = paired[paired != h]
-                            rows += _pair_weights(codes, group[pool], z, z[query], others, s, t)
+                            rows += _pair_weights(codes, pool_group, z, z[query], others, s, t)
                             held.append(h)
-                    plans.append((s, t, paired, held))
-            estimates = self._weighted_means(plain, pool, rows, batch_size)
-            for s, t, paired, held in plans:
-                local = estimates[: 2 * len(held) : 2] - estimates[1 : 2 * len(held) : 2]
-                estimates = estimates[2 * len(held) :]
-                if not held:
-                    continue
-                total_t, total_s = sums[paired, t].sum(0), sums[paired, s].sum(0)
-                n_t, n_s = counts[paired, t].sum(), counts[paired, s].sum()
-                pooled = (total_t - sums[held, t]) / (n_t - counts[held, t])[:, None]
-                pooled -= (total_s - sums[held, s]) / (n_s - counts[held, s])[:, None]
-                truth = means[held, t] - means[held, s]
-                shift = self.module.mean_shifts.shifts[s, t]
-                ratios[s, t] = local_ratio(local, pooled, truth, shift)
+                    if not held:
+                        continue
+                    estimates = self._weighted_means(plain, pool, rows, batch_size)
+                    local = estimates[0::2] - estimates[1::2]
+                    total_t, total_s = sums[paired, t].sum(0), sums[paired, s].sum(0)
+                    n_t, n_s = counts[paired, t].sum(), counts[paired, s].sum()
+                    pooled = (total_t - sums[held, t]) / (n_t - counts[held, t])[:, None]
+                    pooled -= (total_s - sums[held, s]) / (n_s - counts[held, s])[:, None]
+                    truth = means[held, t] - means[held, s]
+                    shift = self.module.mean_shifts.shifts[s, t]
+                    ratios[s, t] = local_ratio(local, pooled, truth, shift)
         self.module.mean_shifts.set_local(ratios)
 
     @torch.no_grad()
