@@ -119,12 +119,14 @@ class LocalShiftMixin:
         return pool, self._latent(plain, pool, batch_size)
 
     def _latent(self, data: CellData, cells: np.ndarray, batch_size: int) -> torch.Tensor:
-        """Posterior means of z of ``cells``, encoded with their own condition (on the CPU)."""
-        self.module.eval()
-        parts = [torch.zeros(0, self.module.n_latent)]
-        for x, c, _ in data.batches(cells, batch_size):
-            parts.append(self.module.inference(x, c)["z_mean"].float())
-        return torch.cat(parts)
+        """Posterior means of z of ``cells``, encoded with their own condition (on the CPU,
+        :meth:`_outputs`)."""
+
+        def fn(x, c, _):
+            return self.module.inference(x, c)["z_mean"]
+
+        parts = self._outputs(data, fn, batch_size, "cpu", indices=cells)
+        return torch.cat([torch.zeros(0, self.module.n_latent), *parts])
 
     def _weighted_means(
         self, plain: CellData, pool: np.ndarray, rows: list[torch.Tensor], batch_size: int

@@ -112,8 +112,8 @@ class ReadoutMixin:
                     continue
                 level = np.nan if shifts.level_weight is None else float(shifts.level_weight[s, t])
                 anchor = self._own_anchor(source, target) if shifts.built else np.nan
-                ratios = (shifts.ratio(s, t), shifts.local(s, t))
-                rows.append([source, target, ratios[0], anchor, level, ratios[1]])
+                ratio, local = shifts.ratio(s, t), shifts.local(s, t)
+                rows.append([source, target, ratio, anchor, level, local])
         return pd.DataFrame(rows, columns=columns)
 
     def _own_anchor(self, source: str, target: str) -> float:
