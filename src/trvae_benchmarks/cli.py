@@ -127,13 +127,17 @@ def _benchmark_counts(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 def _add_suite_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``trvae benchmark suite`` (it shares --condition-key, --quick, ...)."""
-    from trvae_benchmarks.suite import SETS
+    from trvae_benchmarks.suite import CHECKS, SETS
 
     g = p.add_argument_group("suite")
     g.add_argument("--data", metavar="PATH", help="suite: your .h5ad file (log-normalised X)")
     g.add_argument("--group-key", help="suite: groups held out of --data (default: cell_type)")
     g.add_argument(
-        "--sets", nargs="+", choices=list(SETS), help="suite: development sets (default: all)"
+        "--sets",
+        nargs="+",
+        choices=[*SETS, *CHECKS],
+        help=f"suite: development sets (default: all); checks, run only when named: "
+        f"{', '.join(CHECKS)}",
     )
     g.add_argument("--assess", action="store_true", help="suite: also run model.assess per fold")
     g.add_argument("--min-cells", type=_positive, help="suite: cells per condition (default 30)")

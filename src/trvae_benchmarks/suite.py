@@ -25,6 +25,10 @@ Data sets (:data:`SETS`): ``kang`` (:func:`trvae.datasets.kang_pbmc`, log1p), ``
 (:func:`trvae.datasets.kang_counts` log-normalised with :func:`trvae.pp.log_normalize` over
 :data:`N_HVG` highly variable genes chosen on the training cells of each split), the synthetic
 scenarios of :data:`trvae.datasets.SCENARIOS`, and any user file (:func:`file_set`).
+Check sets (:data:`CHECKS`, run only when named): real tasks no default was chosen on,
+``kang-reverse`` (the Kang scGen file predicted the other way, control cells from stimulated
+ones) and ``kang-fine`` (the Kang counts file held out by its finer Seurat labels,
+``cell_type_fine``, cells without one left out).
 
 Results go to ``out_dir``: ``metrics.csv`` (long format: set, row, group, perturbation, method,
 metric, value), ``report.md`` and ``figures/``. The report's text helpers are in
@@ -81,6 +85,7 @@ from trvae_benchmarks.suite_scores import (
 __all__ = [
     "ASSESSED_NAME",
     "BEST",
+    "CHECKS",
     "DEFAULTS_PARAGRAPH",
     "METHODS",
     "SETS",
@@ -101,6 +106,8 @@ __all__ = [
 #: Data sets of a full run, in report order.
 SYNTHETIC = tuple(SCENARIOS)
 SETS = ("kang", "kang-counts", *SYNTHETIC)
+#: Real tasks no default was chosen on: run when named (``sets=``), never in a full run.
+CHECKS = ("kang-reverse", "kang-fine")
 #: Cells per condition a group of a real data set needs to be held out (synthetic: 2).
 MIN_CELLS = 30
 #: Highly variable genes of ``kang-counts``, chosen on each split's training cells.
@@ -257,8 +264,27 @@ def file_set(
 
 
 def load_set(name: str, quick: bool = False, sim_settings: dict | None = None) -> DevSet:
-    """The development set ``name`` of :data:`SETS` (``quick``: smaller synthetic sets)."""
+    """The development set or check ``name`` of :data:`SETS` or :data:`CHECKS` (``quick``:
+    smaller synthetic sets)."""
     from trvae import datasets
+
+    if name == "kang-reverse":
+        adata = _minimal(datasets.kang_pbmc(), "condition", "cell_type")
+        text = (
+            f"Kang et al. PBMCs, scGen preprocessing, predicted the other way (control cells "
+            f"from stimulated ones): {adata.n_obs} cells × {adata.n_vars} genes, log1p"
+        )
+        return _make_set(name, adata, "condition", "cell_type", "stimulated", MIN_CELLS, text)
+    if name == "kang-fine":
+        counts = datasets.kang_counts()
+        fine = counts.obs["cell_type_fine"].astype(str)
+        counts = counts[~fine.isin(["nan", "None", ""]).to_numpy()].copy()
+        text = (
+            f"Kang et al. raw UMI counts, held out by the finer Seurat labels "
+            f"(`cell_type_fine`; cells without one left out): {counts.n_obs} cells × "
+            f"{counts.n_vars} genes"
+        )
+        return counts_set(name, counts, group_key="cell_type_fine", description=text)
 
     if name == "kang":
         adata = _minimal(datasets.kang_pbmc(), "condition", "cell_type")
@@ -272,7 +298,7 @@ def load_set(name: str, quick: bool = False, sim_settings: dict | None = None) -
         text = f"Kang et al. raw UMI counts: {counts.n_obs} cells × {counts.n_vars} genes"
         return counts_set(name, counts, description=text)
     if name not in SCENARIOS:
-        raise TRVAEError(f"unknown data set {name!r}; known: {', '.join(SETS)}")
+        raise TRVAEError(f"unknown data set {name!r}; known: {', '.join(SETS + CHECKS)}")
     settings = dict(QUICK_SIM) if quick else {}
     sizes = SCENARIOS[name].group_sizes
     if quick and sizes is not None:  # scale the unequal groups down with the others
@@ -491,8 +517,8 @@ def run_suite(
     Parameters
     ----------
     sets
-        Names from :data:`SETS`; default: all of them, or none when ``data`` is given (the
-        synthetic ones with ``quick``).
+        Names from :data:`SETS` or :data:`CHECKS`; default: all of :data:`SETS`, or none when
+        ``data`` is given (the synthetic ones with ``quick``).
     data, condition_key, group_key, control
         A user's ``.h5ad`` file (or AnnData) with log-normalised ``X``; every condition other
         than ``control`` is a perturbation; groups with ``min_cells`` cells per condition.
@@ -527,9 +553,9 @@ def run_suite(
         )
     if sets is None:
         sets = [] if data is not None else (list(SYNTHETIC) if quick else list(SETS))
-    unknown = [s for s in sets if s not in SETS]
+    unknown = [s for s in sets if s not in SETS + CHECKS]
     if unknown:
-        raise TRVAEError(f"unknown data set(s) {unknown}; known: {', '.join(SETS)}")
+        raise TRVAEError(f"unknown data set(s) {unknown}; known: {', '.join(SETS + CHECKS)}")
     if not sets and data is None:
         raise TRVAEError("nothing to run: give data sets or a data file")
     n_groups = n_groups or (QUICK_GROUPS if quick else None)

@@ -230,6 +230,22 @@ def headline_figure(df: pd.DataFrame, path: Path) -> str:
     return save_fig(fig, path)
 
 
+def _checks_lines(dev) -> list[str]:
+    """A paragraph naming the check sets of this run (:data:`~trvae_benchmarks.suite.CHECKS`)."""
+    from trvae_benchmarks.suite import CHECKS
+
+    checks = [ds.name for ds in dev if ds.name in CHECKS]
+    if not checks:
+        return []
+    names = ", ".join(f"`{name}`" for name in checks)
+    return [
+        f"Check sets ({names}): real tasks that informed no default (the same study, a task "
+        "no screen looked at: the other direction, or finer labels). They were run after the "
+        "defaults were fixed, and no setting was changed on their scores.",
+        "",
+    ]
+
+
 def write_report(out: Path, df, dev, timings, runtime, cfg, *, quick, command, assessed) -> None:
     """Write ``report.md`` and the figure; print the headline."""
     fig = headline_figure(df, out / "figures" / "trvae_vs_best_mean_shift.png")
@@ -246,6 +262,7 @@ def write_report(out: Path, df, dev, timings, runtime, cfg, *, quick, command, a
         "",
         DEFAULTS_PARAGRAPH,
         "",
+        *_checks_lines(dev),
         "## Run",
         "",
         *run_lines(command or "trvae_benchmarks.suite.run_suite()", runtime),

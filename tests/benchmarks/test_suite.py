@@ -297,3 +297,46 @@ def test_donor_set_holds_out_donors():
     assert ds.group_key == "donor"
     assert ds.groups == [f"donor{d}" for d in range(5)]
     assert list(ds.adata.obs.columns) == ["condition", "donor"]
+
+
+def test_check_sets_reverse_the_direction_and_use_the_fine_labels(monkeypatch, capsys):
+    from trvae import datasets
+
+    sim = simulate_perturbation("shared", n_genes=30, cells_per_group=40, n_cell_types=3)
+    monkeypatch.setattr(datasets, "kang_pbmc", lambda: sim)
+    rev = suite.load_set("kang-reverse")
+    assert rev.control == "stimulated" and rev.perturbations == ["control"]
+    fold = hold_out(rev, "type1")
+    obs = fold.train.obs
+    assert not ((obs["cell_type"] == "type1") & (obs["condition"] == "control")).any()
+    assert set(fold.real) == {"control"} and (fold.ctrl.obs["condition"] == "stimulated").all()
+
+    counts = ad.AnnData(sim.layers["counts"], obs=sim.obs[["condition", "cell_type"]].copy())
+    counts.var_names = sim.var_names
+    fine = counts.obs["cell_type"].astype(str).to_numpy().copy()
+    fine[::4] = "nan"  # cells without a fine label, as in the Kang counts file
+    fine[fine == "type2"] = "type2 fine"
+    counts.obs["cell_type_fine"] = pd.Categorical(fine)
+    monkeypatch.setattr(datasets, "kang_counts", lambda: counts)
+    ds = suite.load_set("kang-fine")
+    assert ds.group_key == "cell_type_fine" and ds.control == "control"
+    assert ds.groups == ["type0", "type1", "type2 fine"]
+    assert ds.adata.n_obs == (fine != "nan").sum()
+
+    seen = {}
+    monkeypatch.setattr(suite, "run_suite", lambda **kw: seen.update(kw))
+    assert main(["benchmark", "suite", "--sets", "kang-fine", "kang-reverse"]) == 0
+    assert seen["sets"] == ["kang-fine", "kang-reverse"]
+    with pytest.raises(TRVAEError, match="kang-reverse"):
+        suite.load_set("nope")
+
+
+def test_report_names_the_check_sets():
+    from types import SimpleNamespace
+
+    from trvae_benchmarks.suite_report import _checks_lines
+
+    dev = [SimpleNamespace(name="shared"), SimpleNamespace(name="kang-fine")]
+    text = " ".join(_checks_lines(dev))
+    assert "`kang-fine`" in text and "`shared`" not in text and "informed no default" in text
+    assert _checks_lines(dev[:1]) == []
