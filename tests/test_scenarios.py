@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
 
 from trvae._errors import TRVAEError
-from trvae.datasets import simulate_perturbation
+from trvae.datasets import expected_log_means, simulate_perturbation
 
 SMALL = {"n_genes": 60, "cells_per_group": 200}
 
@@ -59,3 +60,33 @@ def test_donors_are_seeded():
 def test_negative_number_of_states_is_refused():
     with pytest.raises(TRVAEError, match="n_states"):
         simulate_perturbation("shared", n_states=-1, **SMALL)
+
+
+@pytest.mark.parametrize("scenario", ["variance", "three_conditions"])
+def test_expected_log_means_match_the_data_sets_own_cells(scenario):
+    adata = simulate_perturbation(scenario, n_genes=40, cells_per_group=1500)
+    effect = adata.uns["simulation"]["true_log_effect"]
+    x = np.asarray(adata.X.todense())
+    for t, condition, c in (("type1", "stimulated1", 1), ("type2", "control", 0)):
+        if condition not in set(adata.obs["condition"]):
+            condition = "stimulated" if c else "control"
+        cells = ((adata.obs["cell_type"] == t) & (adata.obs["condition"] == condition)).to_numpy()
+        expected = expected_log_means(adata, t, effect[int(t[-1]), c], n_cells=6000)
+        # within a few standard errors of the empirical means of 1500 cells
+        error = x[cells].std(0) / np.sqrt(cells.sum()) + 1e-3
+        assert (np.abs(expected - x[cells].mean(0)) < 5 * error).mean() > 0.95
+    moved = expected_log_means(adata, "type2", effect[2, 1], n_cells=6000)
+    assert np.corrcoef(moved - expected, effect[2, 1])[0, 1] > 0.5  # follows the effect
+
+
+def test_expected_log_means_refuses_what_it_cannot_simulate():
+    cells = simulate_perturbation("shared", n_genes=10, cells_per_group=5)
+    with pytest.raises(TRVAEError, match="one value per gene"):
+        expected_log_means(cells, "type0", np.zeros(3))
+    with pytest.raises(TRVAEError, match="unknown cell type"):
+        expected_log_means(cells, "B", np.zeros(10))
+    donors = simulate_perturbation("donors", n_genes=10, cells_per_group=5)
+    with pytest.raises(TRVAEError, match="not donors"):
+        expected_log_means(donors, "state0", np.zeros(10))
+    with pytest.raises(TRVAEError, match="simulate_perturbation"):
+        expected_log_means(ad.AnnData(np.zeros((2, 10))), "type0", np.zeros(10))

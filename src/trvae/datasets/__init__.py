@@ -24,13 +24,19 @@ import numpy as np
 import pandas as pd
 
 from trvae._errors import TRVAEError
-from trvae.datasets._scenarios import SCENARIOS, Scenario, simulate_perturbation
+from trvae.datasets._scenarios import (
+    SCENARIOS,
+    Scenario,
+    expected_log_means,
+    simulate_perturbation,
+)
 from trvae.datasets._simulate import synthetic_counts
 
 __all__ = [
     "REGISTRY",
     "SCENARIOS",
     "Scenario",
+    "expected_log_means",
     "kang_2018",
     "kang_counts",
     "kang_pbmc",

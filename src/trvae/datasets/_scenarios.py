@@ -47,6 +47,9 @@ class Scenario:
     donor_response_sd: float = 0.3
 
 
+#: Gene programmes, median library size and its log-scale SD of :func:`simulate_perturbation`.
+N_FACTORS, LIBRARY_MEDIAN, LIBRARY_SD = 10, 1500.0, 0.4
+
 #: Development scenarios of :func:`simulate_perturbation`, each stressing one failure mode of
 #: perturbation prediction (the generalisation suite runs every one).
 SCENARIOS: dict[str, Scenario] = {
@@ -131,7 +134,7 @@ def simulate_perturbation(
         raise TRVAEError(f"n_states must be >= 0, got {sc.n_states}")
     rng = np.random.default_rng([seed, 10])
     n_kinds = sc.n_states or n_types  # cell types, or the states every donor holds
-    sim = _simulator(n_genes, sc.n_conditions, n_kinds, seed, 10, sc.response_fraction)
+    sim = _simulator(n_genes, sc.n_conditions, n_kinds, seed, N_FACTORS, sc.response_fraction)
     sim["effect"] = _effects(rng, n_genes, n_kinds, sc)
     groups = np.repeat(np.arange(n_types), sizes * sc.n_conditions)
     conds = np.concatenate([np.repeat(np.arange(sc.n_conditions), s) for s in sizes])
@@ -145,7 +148,9 @@ def simulate_perturbation(
             "cell_type": pd.Categorical.from_codes(states, [f"state{s}" for s in range(n_kinds)]),
         }
     responder = (conds > 0) & (rng.random(len(conds)) < sc.responder_fraction)
-    counts, _ = _simulate_cells(sim, types, np.where(responder, conds, 0), rng, 1500.0, 0.4)
+    counts, _ = _simulate_cells(
+        sim, types, np.where(responder, conds, 0), rng, LIBRARY_MEDIAN, LIBRARY_SD
+    )
     counts = sparse.csr_matrix(counts.astype(np.float32))
     obs = pd.DataFrame(
         {
@@ -169,6 +174,52 @@ def simulate_perturbation(
         "seed": int(seed),
     }
     return adata
+
+
+def expected_log_means(
+    adata: ad.AnnData, cell_type: str, effect: np.ndarray, n_cells: int = 4000, seed: int = 0
+) -> np.ndarray:
+    """Expected mean log-normalised expression per gene of ``cell_type``'s cells in a data set
+    of :func:`simulate_perturbation`, when a perturbation adds ``effect`` (genes) to their
+    log-frequencies (in the scenario's fraction of responders; zeros: the control).
+
+    Estimated from ``n_cells`` cells drawn from the data set's own model (seeded by ``seed``).
+    With the average of the other cell types' ``true_log_effect`` it gives what a method that
+    knows every response but the held-out type's own could predict: the suite's identifiable
+    ceiling (``trvae_benchmarks.suite``). Cell-type scenarios only (not donors).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from trvae.datasets import expected_log_means, simulate_perturbation
+    >>> adata = simulate_perturbation("shared", n_genes=20, cells_per_group=10)
+    >>> effect = adata.uns["simulation"]["true_log_effect"][0, 1]  # type0, stimulated
+    >>> expected_log_means(adata, "type0", effect, n_cells=200).shape
+    (20,)
+    """
+    info = adata.uns.get("simulation") if hasattr(adata, "uns") else None
+    if not isinstance(info, dict) or "true_log_effect" not in info:
+        raise TRVAEError("expected_log_means needs a data set of simulate_perturbation")
+    sc = Scenario(**{f.name: info[f.name] for f in fields(Scenario) if f.name in info})
+    if sc.n_states:
+        raise TRVAEError("expected_log_means covers cell-type scenarios, not donors")
+    n_types, n_genes = np.shape(info["true_log_effect"])[0], adata.n_vars
+    effect = np.asarray(effect, dtype=np.float64)
+    if effect.shape != (n_genes,):
+        raise TRVAEError(f"effect must hold one value per gene ({n_genes}), got {effect.shape}")
+    names = [f"type{t}" for t in range(n_types)]
+    if cell_type not in names:
+        raise TRVAEError(f"unknown cell type {cell_type!r}; known: {', '.join(names)}")
+    sim = _simulator(  # its draws depend on n_conditions: the data set's own
+        n_genes, sc.n_conditions, n_types, int(info["seed"]), N_FACTORS, sc.response_fraction
+    )
+    sim["effect"] = np.zeros((n_types, 2, n_genes))
+    sim["effect"][names.index(cell_type), 1] = effect
+    rng = np.random.default_rng([seed, 11])
+    responder = rng.random(n_cells) < sc.responder_fraction
+    types = np.full(n_cells, names.index(cell_type))
+    counts, _ = _simulate_cells(sim, types, responder.astype(int), rng, LIBRARY_MEDIAN, LIBRARY_SD)
+    return np.asarray(log_normalize(counts).mean(0), dtype=np.float64).ravel()
 
 
 def _effects(rng: np.random.Generator, n_genes: int, n_types: int, sc: Scenario) -> np.ndarray:
