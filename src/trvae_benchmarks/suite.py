@@ -49,7 +49,7 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
-from trvae import TRVAE
+from trvae import TRVAE, datasets
 from trvae._errors import TRVAEError
 from trvae._io import read_h5ad
 from trvae.data import validation as V
@@ -69,6 +69,7 @@ from trvae_benchmarks.common import (
 from trvae_benchmarks.suite_scores import (
     ASSESSED_NAME,
     BEST,
+    CEILING,
     COLUMNS,
     CVAE_NAME,
     DEFAULTS_PARAGRAPH,
@@ -144,6 +145,7 @@ class DevSet:
     min_cells: int
     description: str
     fold_data: Callable[[np.ndarray], AnnData] | None = None
+    truth: AnnData | None = None  # a synthetic cell-type set as simulated (its uns["simulation"])
 
     @property
     def conds(self) -> np.ndarray:
@@ -266,8 +268,6 @@ def file_set(
 def load_set(name: str, quick: bool = False, sim_settings: dict | None = None) -> DevSet:
     """The development set or check ``name`` of :data:`SETS` or :data:`CHECKS` (``quick``:
     smaller synthetic sets)."""
-    from trvae import datasets
-
     if name == "kang-reverse":
         adata = _minimal(datasets.kang_pbmc(), "condition", "cell_type")
         text = (
@@ -306,13 +306,36 @@ def load_set(name: str, quick: bool = False, sim_settings: dict | None = None) -
         settings["group_sizes"] = tuple(max(10, s // 3) for s in sizes)
     settings.update(sim_settings or {})
     group_key = "donor" if SCENARIOS[name].n_states else "cell_type"
-    adata = _minimal(simulate_perturbation(name, **settings), "condition", group_key)
+    simulated = simulate_perturbation(name, **settings)
+    adata = _minimal(simulated, "condition", group_key)
     extra = ", ".join(f"{k}={v}" for k, v in settings.items())
     text = (
         f"simulate_perturbation({name!r}{', ' + extra if extra else ''}): {adata.n_obs} cells × "
         f"{adata.n_vars} genes, log-normalised"
     )
-    return _make_set(name, adata, "condition", group_key, "control", 2, text)
+    ds = _make_set(name, adata, "condition", group_key, "control", 2, text)
+    ds.truth = None if SCENARIOS[name].n_states else simulated
+    return ds
+
+
+def identifiable_ceiling(ds: DevSet, fold: Fold, perturbation: str) -> np.ndarray | None:
+    """:data:`~trvae_benchmarks.suite_scores.CEILING` of a fold (``None`` without a known
+    truth): the held-out group's source cells plus the expected change of its mean
+    log-expression (:func:`trvae.datasets.expected_log_means`, the same cells drawn with and
+    without the effect) under the mean of the other groups' true responses."""
+    if ds.truth is None:
+        return None
+    info = ds.truth.uns["simulation"]
+    conditions = list(ds.truth.obs["condition"].cat.categories)
+    effects = np.asarray(info["true_log_effect"], dtype=np.float64)  # types x conditions x genes
+    types = [f"type{t}" for t in range(len(effects))]
+    held = types.index(fold.group)
+    response = effects[:, conditions.index(perturbation)] - effects[:, conditions.index(ds.control)]
+    others = np.delete(response, held, axis=0).mean(0)
+    moved = datasets.expected_log_means(ds.truth, fold.group, others)
+    still = datasets.expected_log_means(ds.truth, fold.group, np.zeros_like(others))
+    genes = ds.truth.var_names.get_indexer(fold.var_names)
+    return fold.ctrl_x + (moved - still)[genes][None].astype(fold.ctrl_x.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -468,6 +491,9 @@ def _score_fold(ds: DevSet, fold: Fold, cfg: _Config, rows: list, assessed: list
             )  # fmt: skip
             seconds, _ = timed_fit(method.fit, fold.train, rss=False)
             preds[name] = (method.predict(fold.ctrl), seconds)
+        ceiling = identifiable_ceiling(ds, fold, p)
+        if ceiling is not None:
+            preds[CEILING] = (ceiling, 0.0)
         for name, (pred, seconds) in preds.items():
             scores = evaluate_prediction(
                 pred, real, fold.ctrl_x, fold.var_names, degs, n_boot=cfg.n_boot, seed=cfg.seed

@@ -14,7 +14,10 @@ TRVAE_NAME, CVAE_NAME = "trVAE", "CVAE"
 ASSESSED_NAME = "trVAE + assess"
 MS_GROUPS, MS_ALL = "mean shift (other groups)", "mean shift (all cells)"
 BEST = "best mean shift"
-METHODS = (TRVAE_NAME, ASSESSED_NAME, CVAE_NAME, BEST, MS_GROUPS, MS_ALL, "control")
+#: Synthetic cell-type sets: the held-out group's source cells moved by the expected change under
+#: the other groups' mean true response (what no method can be expected to beat).
+CEILING = "identifiable ceiling"
+METHODS = (TRVAE_NAME, ASSESSED_NAME, CVAE_NAME, BEST, MS_GROUPS, MS_ALL, "control", CEILING)
 #: Metrics where lower is better (all others: higher is better).
 LOWER_BETTER = frozenset(
     {"edist_top100", "edist_pca", "mmd_top100", "mmd_pca", "wasserstein_top100", "fit_seconds"}
@@ -140,6 +143,52 @@ def win_tie_lose(df: pd.DataFrame, metric: str, a: str = TRVAE_NAME, b: str = BE
     return out
 
 
+def wins_both(df: pd.DataFrame, a: str = TRVAE_NAME, b: str = BEST) -> pd.Series:
+    """Per held-out row (index set, row): whether ``a`` beats ``b`` on both
+    :data:`HEADLINE_METRICS` (a row without a score of ``a`` is not won)."""
+    beats = None
+    for metric in HEADLINE_METRICS:
+        wide = _paired(df, metric, a, b)
+        won = pd.Series(
+            [compare(x, y, metric) == 1 for x, y in zip(wide[a], wide[b], strict=True)],
+            index=wide.index,
+        )
+        beats = won if beats is None else (beats & won.reindex(beats.index, fill_value=False))
+    assert beats is not None
+    return beats
+
+
+def within_reach(df: pd.DataFrame) -> dict:
+    """The headline over the rows some method can be expected to win: where the
+    :data:`CEILING` beats the best mean shift on Pearson-Δ (the mean response, for which it is
+    a ceiling; its additive shape is none for the E-distance), and every row without a
+    ceiling (no known truth). Returns ``wins`` (of trVAE there), ``rows``, ``outside`` (trVAE's
+    wins on the other rows) and ``per_set`` (set -> (rows with a ceiling, rows the ceiling
+    wins, trVAE's wins among those))."""
+    if BEST not in set(df["method"]):
+        df = add_best_mean_shift(df)
+    trvae = wins_both(df)
+    metric = HEADLINE_METRICS[0]
+    wide = _paired(df, metric, CEILING, BEST).dropna(subset=[CEILING])
+    ceiling = pd.Series(
+        [compare(x, y, metric) == 1 for x, y in zip(wide[CEILING], wide[BEST], strict=True)],
+        index=wide.index,
+        dtype=bool,
+    )
+    reach = pd.Series(True, index=trvae.index)
+    reach.loc[ceiling.index] = ceiling.to_numpy()
+    per_set = {}
+    for s, won in ceiling.groupby(level="set", sort=False):
+        rows = won.index[won.to_numpy()]
+        per_set[s] = (len(won), int(won.sum()), int(trvae.reindex(rows).sum()))
+    return {
+        "wins": int(trvae[reach].sum()),
+        "rows": int(reach.sum()),
+        "outside": int(trvae[~reach].sum()),
+        "per_set": per_set,
+    }
+
+
 def headline(df: pd.DataFrame, a: str = TRVAE_NAME, b: str = BEST) -> dict:
     """The suite's headline numbers from a long metrics table (with :data:`BEST` rows).
 
@@ -150,15 +199,7 @@ def headline(df: pd.DataFrame, a: str = TRVAE_NAME, b: str = BEST) -> dict:
     """
     if BEST not in set(df["method"]):
         df = add_best_mean_shift(df)
-    beats = None
-    for metric in HEADLINE_METRICS:
-        wide = _paired(df, metric, a, b)
-        won = pd.Series(
-            [compare(x, y, metric) == 1 for x, y in zip(wide[a], wide[b], strict=True)],
-            index=wide.index,
-        )
-        beats = won if beats is None else (beats & won.reindex(beats.index, fill_value=False))
-    assert beats is not None
+    beats = wins_both(df, a, b)
     per_set = {s: (int(v.sum()), len(v)) for s, v in beats.groupby(level="set", sort=False)}
     r2 = df[df["metric"] == "r2_mean_top100"]
     median_r2 = {

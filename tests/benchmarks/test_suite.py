@@ -340,3 +340,41 @@ def test_report_names_the_check_sets():
     text = " ".join(_checks_lines(dev))
     assert "`kang-fine`" in text and "`shared`" not in text and "informed no default" in text
     assert _checks_lines(dev[:1]) == []
+
+
+def test_within_reach_counts_the_rows_the_ceiling_wins():
+    from trvae_benchmarks.suite_scores import CEILING, within_reach
+
+    pear, edist = "delta_pearson_top100", "edist_top100"
+    values = {}
+    # (trVAE Pearson-Δ, E, mean shift Pearson-Δ, E, ceiling Pearson-Δ or None)
+    table = {
+        ("kang", "A"): (0.90, 1.0, 0.80, 2.0, None),  # no truth: within reach, won
+        ("sim", "t0"): (0.70, 0.5, 0.60, 0.6, 0.75),  # ceiling wins: within reach, won
+        ("sim", "t1"): (0.60, 0.7, 0.60, 0.6, 0.70),  # ceiling wins: within reach, lost
+        ("sim", "t2"): (0.30, 0.5, 0.40, 0.6, 0.402),  # ceiling ties: out of reach
+        ("sim", "t3"): (0.50, 0.5, 0.40, 0.6, 0.30),  # out of reach, yet won
+    }
+    for (s, r), (tp, te, mp, me, cp) in table.items():
+        values.update({(s, r, "trVAE", pear): tp, (s, r, "trVAE", edist): te})
+        values.update({(s, r, MS_GROUPS, pear): mp, (s, r, MS_GROUPS, edist): me})
+        values.update({(s, r, MS_ALL, pear): mp - 0.1, (s, r, MS_ALL, edist): me + 1})
+        if cp is not None:
+            values.update({(s, r, CEILING, pear): cp, (s, r, CEILING, edist): 9.0})
+    reach = within_reach(_long(values))
+    assert (reach["wins"], reach["rows"], reach["outside"]) == (2, 3, 1)
+    assert reach["per_set"] == {"sim": (4, 2, 1)}
+
+
+def test_identifiable_ceiling_moves_the_source_cells_by_the_expected_change():
+    from trvae.datasets import expected_log_means
+
+    ds = suite.load_set("three_conditions", quick=True, sim_settings={"n_genes": 40})
+    fold = hold_out(ds, "type1")
+    ceiling = suite.identifiable_ceiling(ds, fold, "stimulated2")
+    effects = ds.truth.uns["simulation"]["true_log_effect"]
+    others = effects[[0, 2, 3, 4], 2].mean(0)
+    change = expected_log_means(ds.truth, "type1", others)
+    change -= expected_log_means(ds.truth, "type1", np.zeros(40))
+    np.testing.assert_allclose(ceiling - fold.ctrl_x, np.tile(change, (len(ceiling), 1)), atol=1e-5)
+    assert suite.identifiable_ceiling(suite.load_set("donors", quick=True), fold, "x") is None
