@@ -15,6 +15,7 @@ from trvae_benchmarks.suite_scores import (
     ASSESSED_NAME,
     BEST,
     CEILING,
+    CHECKS,
     CVAE_NAME,
     DEFAULTS_PARAGRAPH,
     HEADLINE_METRICS,
@@ -270,8 +271,6 @@ def _ceiling_lines(df: pd.DataFrame) -> list[str]:
 
 def _checks_lines(dev) -> list[str]:
     """A paragraph naming the check sets of this run (:data:`~trvae_benchmarks.suite.CHECKS`)."""
-    from trvae_benchmarks.suite import CHECKS
-
     checks = [ds.name for ds in dev if ds.name in CHECKS]
     if not checks:
         return []
