@@ -270,7 +270,8 @@ def _ceiling_lines(df: pd.DataFrame) -> list[str]:
 
 
 def _checks_lines(dev) -> list[str]:
-    """A paragraph naming the check sets of this run (:data:`~trvae_benchmarks.suite.CHECKS`)."""
+    """A paragraph naming the check sets of this run
+    (:data:`~trvae_benchmarks.suite_scores.CHECKS`)."""
     checks = [ds.name for ds in dev if ds.name in CHECKS]
     if not checks:
         return []
