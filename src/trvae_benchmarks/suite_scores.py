@@ -132,18 +132,21 @@ def wide_rows(sub: pd.DataFrame, columns: str) -> pd.DataFrame:
     return wide.reindex(pd.MultiIndex.from_frame(sub[["set", "row"]].drop_duplicates()))
 
 
+def compared(df: pd.DataFrame, metric: str, a: str, b: str) -> pd.Series:
+    """Per held-out row (index set, row): :func:`compare` of ``a`` with ``b`` on ``metric``."""
+    wide = _paired(df, metric, a, b)
+    result = [compare(x, y, metric) for x, y in zip(wide[a], wide[b], strict=True)]
+    return pd.Series(result, index=wide.index, dtype=int)
+
+
 def win_tie_lose(df: pd.DataFrame, metric: str, a: str = TRVAE_NAME, b: str = BEST) -> pd.DataFrame:
     """Per set, how often ``a`` wins, ties and loses against ``b`` on ``metric``."""
-    wide = _paired(df, metric, a, b)
-    result = np.array([compare(x, y, metric) for x, y in zip(wide[a], wide[b], strict=True)])
-    sets = wide.index.get_level_values("set")
-    frame = pd.DataFrame({"set": sets, "r": result})
-    out = frame.groupby("set", sort=False)["r"].agg(
+    result = compared(df, metric, a, b)
+    return result.groupby(level="set", sort=False).agg(
         win=lambda r: int((r == 1).sum()),
         tie=lambda r: int((r == 0).sum()),
         lose=lambda r: int((r == -1).sum()),
     )
-    return out
 
 
 def wins_both(df: pd.DataFrame, a: str = TRVAE_NAME, b: str = BEST) -> pd.Series:
@@ -151,11 +154,7 @@ def wins_both(df: pd.DataFrame, a: str = TRVAE_NAME, b: str = BEST) -> pd.Series
     :data:`HEADLINE_METRICS` (a row without a score of ``a`` is not won)."""
     beats = None
     for metric in HEADLINE_METRICS:
-        wide = _paired(df, metric, a, b)
-        won = pd.Series(
-            [compare(x, y, metric) == 1 for x, y in zip(wide[a], wide[b], strict=True)],
-            index=wide.index,
-        )
+        won = compared(df, metric, a, b) == 1
         beats = won if beats is None else (beats & won.reindex(beats.index, fill_value=False))
     assert beats is not None
     return beats
@@ -172,12 +171,9 @@ def within_reach(df: pd.DataFrame) -> dict:
         df = add_best_mean_shift(df)
     trvae = wins_both(df)
     metric = HEADLINE_METRICS[0]
-    wide = _paired(df, metric, CEILING, BEST).dropna(subset=[CEILING])
-    ceiling = pd.Series(
-        [compare(x, y, metric) == 1 for x, y in zip(wide[CEILING], wide[BEST], strict=True)],
-        index=wide.index,
-        dtype=bool,
-    )
+    scored = df[(df["method"] == CEILING) & (df["metric"] == metric)]
+    with_ceiling = pd.MultiIndex.from_frame(scored[["set", "row"]].drop_duplicates())
+    ceiling = compared(df, metric, CEILING, BEST).reindex(with_ceiling) == 1
     reach = pd.Series(True, index=trvae.index)
     reach.loc[ceiling.index] = ceiling.to_numpy()
     per_set = {}
