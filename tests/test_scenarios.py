@@ -81,12 +81,26 @@ def test_expected_log_means_match_the_data_sets_own_cells(scenario):
 
 def test_expected_log_means_refuses_what_it_cannot_simulate():
     cells = simulate_perturbation("shared", n_genes=10, cells_per_group=5)
-    with pytest.raises(TRVAEError, match="one value per gene"):
+    with pytest.raises(TRVAEError, match=r"shape \(10,\)"):
         expected_log_means(cells, "type0", np.zeros(3))
-    with pytest.raises(TRVAEError, match="unknown cell type"):
+    with pytest.raises(TRVAEError, match="unknown group"):
         expected_log_means(cells, "B", np.zeros(10))
     donors = simulate_perturbation("donors", n_genes=10, cells_per_group=5)
-    with pytest.raises(TRVAEError, match="not donors"):
-        expected_log_means(donors, "state0", np.zeros(10))
+    with pytest.raises(TRVAEError, match="unknown group"):
+        expected_log_means(donors, "state0", np.zeros((3, 10)))
+    with pytest.raises(TRVAEError, match="states x genes"):
+        expected_log_means(donors, "donor0", np.zeros(10))
     with pytest.raises(TRVAEError, match="simulate_perturbation"):
         expected_log_means(ad.AnnData(np.zeros((2, 10))), "type0", np.zeros(10))
+
+
+def test_expected_log_means_of_a_donor_mix_its_states():
+    adata = simulate_perturbation("donors", n_genes=40, cells_per_group=3000)
+    effect = adata.uns["simulation"]["true_log_effect"]  # donors x states x conditions x genes
+    x = np.asarray(adata.X.todense())
+    obs = adata.obs
+    for condition, c in (("stimulated", 1), ("control", 0)):
+        cells = ((obs["donor"] == "donor2") & (obs["condition"] == condition)).to_numpy()
+        expected = expected_log_means(adata, "donor2", effect[2, :, c], n_cells=8000)
+        error = x[cells].std(0) / np.sqrt(cells.sum()) + 1e-3
+        assert (np.abs(expected - x[cells].mean(0)) < 5 * error).mean() > 0.95

@@ -20,7 +20,7 @@ Methods (:data:`METHODS`):
   groups that have both conditions; ``mean shift (all cells)``: the same over all training
   cells; ``best mean shift``: the better of the two *per metric* and held-out row;
 - ``control``: the control cells unchanged;
-- ``identifiable ceiling`` (synthetic cell-type sets only, :func:`identifiable_ceiling`): the
+- ``identifiable ceiling`` (synthetic sets only, :func:`identifiable_ceiling`): the
   control cells moved by the expected change under the other groups' mean *true* response, the
   best mean response a method can be expected to predict when the held-out group's own
   response is not in the training data. Rows where it does not beat the best mean shift on
@@ -149,7 +149,7 @@ class DevSet:
     min_cells: int
     description: str
     fold_data: Callable[[np.ndarray], AnnData] | None = None
-    truth: AnnData | None = None  # a synthetic cell-type set as simulated (its uns["simulation"])
+    truth: AnnData | None = None  # a synthetic set as simulated (its uns["simulation"])
 
     @property
     def conds(self) -> np.ndarray:
@@ -318,7 +318,7 @@ def load_set(name: str, quick: bool = False, sim_settings: dict | None = None) -
         f"{adata.n_vars} genes, log-normalised"
     )
     ds = _make_set(name, adata, "condition", group_key, "control", 2, text)
-    ds.truth = None if SCENARIOS[name].n_states else simulated
+    ds.truth = simulated
     return ds
 
 
@@ -326,15 +326,16 @@ def identifiable_ceiling(ds: DevSet, fold: Fold, perturbation: str) -> np.ndarra
     """:data:`~trvae_benchmarks.suite_scores.CEILING` of a fold (``None`` without a known
     truth): the held-out group's source cells plus the expected change of its mean
     log-expression (:func:`trvae.datasets.expected_log_means`, the same cells drawn with and
-    without the effect) under the mean of the other groups' true responses."""
+    without the effect) under the mean of the other groups' true responses (with donors: per
+    state, in the held-out donor's own state proportions)."""
     if ds.truth is None:
         return None
-    info = ds.truth.uns["simulation"]
     conditions = list(ds.truth.obs["condition"].cat.categories)
-    effects = np.asarray(info["true_log_effect"], dtype=np.float64)  # types x conditions x genes
-    types = [f"type{t}" for t in range(len(effects))]
-    held = types.index(fold.group)
-    response = effects[:, conditions.index(perturbation)] - effects[:, conditions.index(ds.control)]
+    # groups (x states with donors) x conditions x genes
+    effects = np.asarray(ds.truth.uns["simulation"]["true_log_effect"], dtype=np.float64)
+    to, source = conditions.index(perturbation), conditions.index(ds.control)
+    response = np.take(effects, to, axis=-2) - np.take(effects, source, axis=-2)
+    held = list(ds.truth.obs[ds.group_key].cat.categories).index(fold.group)
     others = np.delete(response, held, axis=0).mean(0)
     moved = datasets.expected_log_means(ds.truth, fold.group, others)
     still = datasets.expected_log_means(ds.truth, fold.group, np.zeros_like(others))

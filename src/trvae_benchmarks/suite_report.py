@@ -246,14 +246,14 @@ def _ceiling_lines(df: pd.DataFrame) -> list[str]:
     lines = [
         f"**Within reach: trVAE wins {reach['wins']} of the {reach['rows']} rows that a method "
         f"can be expected to win ({100 * reach['wins'] / max(1, reach['rows']):.0f} %).** The "
-        f"{CEILING} (synthetic cell-type sets, whose truth is known) moves the held-out group's "
-        "control cells by the expected change of their mean under the mean of the *other* "
-        "groups' true responses (`trvae.datasets.expected_log_means`): the mean response a "
-        "method that knew every response but the held-out group's own would predict. Where "
-        "even it does not beat the better mean shift on Pearson-Δ, the group's own response is "
-        "not in the training data and no method can be expected to win; rows without a known "
-        "truth (real sets, donors) count as within reach. (The ceiling is one for the mean "
-        "response only: its additive shape says nothing about the E-distance."
+        f"{CEILING} (synthetic sets, whose truth is known) moves the held-out group's control "
+        "cells by the expected change of their mean under the mean of the *other* groups' true "
+        "responses (per state with donors; `trvae.datasets.expected_log_means`): the mean "
+        "response a method that knew every response but the held-out group's own would predict. "
+        "Where even it does not beat the better mean shift on Pearson-Δ, the group's own "
+        "response is not in the training data and no method can be expected to win; rows "
+        "without a known truth (real sets) count as within reach. (The ceiling is one for the "
+        "mean response only: its additive shape says nothing about the E-distance."
         + (f" trVAE won {outside} row(s) outside the reach as well.)" if outside else ")"),
         "",
         f"| set | rows with a ceiling | ceiling wins Pearson-Δ | trVAE wins both there | "

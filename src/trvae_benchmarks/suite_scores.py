@@ -14,8 +14,8 @@ TRVAE_NAME, CVAE_NAME = "trVAE", "CVAE"
 ASSESSED_NAME = "trVAE + assess"
 MS_GROUPS, MS_ALL = "mean shift (other groups)", "mean shift (all cells)"
 BEST = "best mean shift"
-#: Synthetic cell-type sets: the held-out group's source cells moved by the expected change under
-#: the other groups' mean true response (what no method can be expected to beat).
+#: Synthetic sets: the held-out group's source cells moved by the expected change under the
+#: other groups' mean true response (what no method can be expected to beat).
 CEILING = "identifiable ceiling"
 METHODS = (TRVAE_NAME, ASSESSED_NAME, CVAE_NAME, BEST, MS_GROUPS, MS_ALL, "control", CEILING)
 #: Check sets of :mod:`trvae_benchmarks.suite`, real tasks no default was chosen on: run when

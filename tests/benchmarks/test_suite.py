@@ -377,4 +377,13 @@ def test_identifiable_ceiling_moves_the_source_cells_by_the_expected_change():
     change = expected_log_means(ds.truth, "type1", others)
     change -= expected_log_means(ds.truth, "type1", np.zeros(40))
     np.testing.assert_allclose(ceiling - fold.ctrl_x, np.tile(change, (len(ceiling), 1)), atol=1e-5)
-    assert suite.identifiable_ceiling(suite.load_set("donors", quick=True), fold, "x") is None
+    donors = suite.load_set("donors", quick=True, sim_settings={"n_genes": 40})
+    fold = hold_out(donors, "donor3")
+    effects = donors.truth.uns["simulation"]["true_log_effect"]  # donors x states x cond x genes
+    others = effects[[0, 1, 2, 4], :, 1].mean(0)
+    change = expected_log_means(donors.truth, "donor3", others)
+    change -= expected_log_means(donors.truth, "donor3", np.zeros_like(others))
+    ceiling = suite.identifiable_ceiling(donors, fold, "stimulated")
+    np.testing.assert_allclose(ceiling - fold.ctrl_x, np.tile(change, (len(ceiling), 1)), atol=1e-5)
+    user = suite.file_set(_toy(), "treatment", "celltype", "ctrl", min_cells=5)
+    assert suite.identifiable_ceiling(user, hold_out(user, "A"), "stim") is None

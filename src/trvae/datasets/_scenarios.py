@@ -132,16 +132,11 @@ def simulate_perturbation(
         raise TRVAEError("simulate_perturbation needs n_genes >= 2, n_conditions >= 2, cells >= 1")
     if sc.n_states < 0:
         raise TRVAEError(f"n_states must be >= 0, got {sc.n_states}")
-    rng = np.random.default_rng([seed, 10])
-    n_kinds = sc.n_states or n_types  # cell types, or the states every donor holds
-    sim = _simulator(n_genes, sc.n_conditions, n_kinds, seed, N_FACTORS, sc.response_fraction)
-    sim["effect"] = _effects(rng, n_genes, n_kinds, sc)
-    groups = np.repeat(np.arange(n_types), sizes * sc.n_conditions)
+    sim, groups, types, rng = _scenario_model(sc, n_genes, seed)
+    n_kinds = sc.n_states or n_types
     conds = np.concatenate([np.repeat(np.arange(sc.n_conditions), s) for s in sizes])
-    types = groups
-    labels = {"cell_type": pd.Categorical.from_codes(types, [f"type{t}" for t in range(n_types)])}
+    labels = {"cell_type": pd.Categorical.from_codes(groups, [f"type{t}" for t in range(n_types)])}
     if sc.n_states:
-        sim, types = _donor_design(rng, sim, groups, sc)
         states = types % sc.n_states
         labels = {
             "donor": pd.Categorical.from_codes(groups, [f"donor{d}" for d in range(n_types)]),
@@ -176,17 +171,36 @@ def simulate_perturbation(
     return adata
 
 
-def expected_log_means(
-    adata: ad.AnnData, cell_type: str, effect: np.ndarray, n_cells: int = 4000, seed: int = 0
-) -> np.ndarray:
-    """Expected mean log-normalised expression per gene of ``cell_type``'s cells in a data set
-    of :func:`simulate_perturbation`, when a perturbation adds ``effect`` (genes) to their
-    log-frequencies (in the scenario's fraction of responders; zeros: the control).
+def _scenario_model(sc: Scenario, n_genes: int, seed: int):
+    """The count model of :func:`simulate_perturbation` (with donors: of every (donor, state)
+    pair), each cell's group and type (pair) codes, and the generator, positioned for the
+    responders and the cells."""
+    n_types = len(sc.group_sizes) if sc.group_sizes is not None else sc.n_cell_types
+    sizes = np.asarray(sc.group_sizes or (sc.cells_per_group,) * n_types, dtype=np.int64)
+    rng = np.random.default_rng([seed, 10])
+    n_kinds = sc.n_states or n_types  # cell types, or the states every donor holds
+    sim = _simulator(n_genes, sc.n_conditions, n_kinds, seed, N_FACTORS, sc.response_fraction)
+    sim["effect"] = _effects(rng, n_genes, n_kinds, sc)
+    groups = np.repeat(np.arange(n_types), sizes * sc.n_conditions)
+    types = groups
+    if sc.n_states:
+        sim, types = _donor_design(rng, sim, groups, sc)
+    return sim, groups, types, rng
 
-    Estimated from ``n_cells`` cells drawn from the data set's own model (seeded by ``seed``).
-    With the average of the other cell types' ``true_log_effect`` it gives what a method that
-    knows every response but the held-out type's own could predict: the suite's identifiable
-    ceiling (``trvae_benchmarks.suite``). Cell-type scenarios only (not donors).
+
+def expected_log_means(
+    adata: ad.AnnData, group: str, effect: np.ndarray, n_cells: int = 4000, seed: int = 0
+) -> np.ndarray:
+    """Expected mean log-normalised expression per gene of ``group``'s cells in a data set of
+    :func:`simulate_perturbation`, when a perturbation adds ``effect`` to their log-frequencies
+    (in the scenario's fraction of responders; zeros: the control).
+
+    ``group``: a cell type (``"type0"``, ...; ``effect`` one value per gene) or, with donors, a
+    donor (``"donor0"``, ...; ``effect`` states x genes, its cells' states drawn in the
+    proportions of its control cells). Estimated from ``n_cells`` cells drawn from the data
+    set's own model (seeded by ``seed``). With the average of the other groups'
+    ``true_log_effect`` it gives what a method that knows every response but the held-out
+    group's own could predict: the suite's identifiable ceiling (``trvae_benchmarks.suite``).
 
     Examples
     --------
@@ -201,23 +215,30 @@ def expected_log_means(
     if not isinstance(info, dict) or "true_log_effect" not in info:
         raise TRVAEError("expected_log_means needs a data set of simulate_perturbation")
     sc = Scenario(**{f.name: info[f.name] for f in fields(Scenario) if f.name in info})
-    if sc.n_states:
-        raise TRVAEError("expected_log_means covers cell-type scenarios, not donors")
-    n_types, n_genes = np.shape(info["true_log_effect"])[0], adata.n_vars
+    n_groups, n_genes, k = np.shape(info["true_log_effect"])[0], adata.n_vars, sc.n_states
     effect = np.asarray(effect, dtype=np.float64)
-    if effect.shape != (n_genes,):
-        raise TRVAEError(f"effect must hold one value per gene ({n_genes}), got {effect.shape}")
-    names = [f"type{t}" for t in range(n_types)]
-    if cell_type not in names:
-        raise TRVAEError(f"unknown cell type {cell_type!r}; known: {', '.join(names)}")
-    sim = _simulator(  # its draws depend on n_conditions: the data set's own
-        n_genes, sc.n_conditions, n_types, int(info["seed"]), N_FACTORS, sc.response_fraction
-    )
-    sim["effect"] = np.zeros((n_types, 2, n_genes))
-    sim["effect"][names.index(cell_type), 1] = effect
+    shape = (k, n_genes) if k else (n_genes,)
+    if effect.shape != shape:
+        raise TRVAEError(f"effect must have shape {shape} (states x genes with donors), got "
+                         f"{effect.shape}")  # fmt: skip
+    names = [f"{'donor' if k else 'type'}{g}" for g in range(n_groups)]
+    if group not in names:
+        raise TRVAEError(f"unknown group {group!r}; known: {', '.join(names)}")
+    code = names.index(group)
+    sim, _, _, _ = _scenario_model(sc, n_genes, int(info["seed"]))
     rng = np.random.default_rng([seed, 11])
+    if k:  # the donor's (donor, state) pairs, in the proportions of its control cells
+        obs = adata.obs
+        control = obs["condition"].astype(str) == str(obs["condition"].cat.categories[0])
+        own = obs.loc[(obs["donor"].astype(str) == group) & control, "cell_type"].astype(str)
+        shares = own.value_counts().reindex([f"state{s}" for s in range(k)], fill_value=0)
+        types = code * k + rng.choice(k, n_cells, p=(shares / shares.sum()).to_numpy())
+        pairs = code * k + np.arange(k)
+    else:
+        types, pairs, effect = np.full(n_cells, code), np.array([code]), effect[None]
+    sim["effect"] = np.zeros((len(sim["centroids"]), 2, n_genes))
+    sim["effect"][pairs, 1] = effect
     responder = rng.random(n_cells) < sc.responder_fraction
-    types = np.full(n_cells, names.index(cell_type))
     counts, _ = _simulate_cells(sim, types, responder.astype(int), rng, LIBRARY_MEDIAN, LIBRARY_SD)
     return np.asarray(log_normalize(counts).mean(0), dtype=np.float64).ravel()
 
