@@ -133,14 +133,15 @@ def simulate_perturbation(
     if sc.n_states < 0:
         raise TRVAEError(f"n_states must be >= 0, got {sc.n_states}")
     sim, groups, types, rng = _scenario_model(sc, n_genes, seed)
-    n_kinds = sc.n_states or n_types
     conds = np.concatenate([np.repeat(np.arange(sc.n_conditions), s) for s in sizes])
     labels = {"cell_type": pd.Categorical.from_codes(groups, [f"type{t}" for t in range(n_types)])}
     if sc.n_states:
         states = types % sc.n_states
         labels = {
             "donor": pd.Categorical.from_codes(groups, [f"donor{d}" for d in range(n_types)]),
-            "cell_type": pd.Categorical.from_codes(states, [f"state{s}" for s in range(n_kinds)]),
+            "cell_type": pd.Categorical.from_codes(
+                states, [f"state{s}" for s in range(sc.n_states)]
+            ),
         }
     responder = (conds > 0) & (rng.random(len(conds)) < sc.responder_fraction)
     counts, _ = _simulate_cells(
