@@ -126,8 +126,8 @@ def simulate_perturbation(
     if unknown:
         raise TRVAEError(f"unknown simulate_perturbation settings: {unknown}")
     sc = replace(scenario, **settings)
-    n_types = len(sc.group_sizes) if sc.group_sizes is not None else sc.n_cell_types
-    sizes = np.asarray(sc.group_sizes or (sc.cells_per_group,) * n_types, dtype=np.int64)
+    sizes = _group_sizes(sc)
+    n_types = len(sizes)
     if n_genes < 2 or sc.n_conditions < 2 or len(sizes) < 1 or sizes.min() < 1:
         raise TRVAEError("simulate_perturbation needs n_genes >= 2, n_conditions >= 2, cells >= 1")
     if sc.n_states < 0:
@@ -172,12 +172,18 @@ def simulate_perturbation(
     return adata
 
 
+def _group_sizes(sc: Scenario) -> np.ndarray:
+    """Cells per group and condition of scenario ``sc``."""
+    n_types = len(sc.group_sizes) if sc.group_sizes is not None else sc.n_cell_types
+    return np.asarray(sc.group_sizes or (sc.cells_per_group,) * n_types, dtype=np.int64)
+
+
 def _scenario_model(sc: Scenario, n_genes: int, seed: int):
     """The count model of :func:`simulate_perturbation` (with donors: of every (donor, state)
     pair), each cell's group and type (pair) codes, and the generator, positioned for the
     responders and the cells."""
-    n_types = len(sc.group_sizes) if sc.group_sizes is not None else sc.n_cell_types
-    sizes = np.asarray(sc.group_sizes or (sc.cells_per_group,) * n_types, dtype=np.int64)
+    sizes = _group_sizes(sc)
+    n_types = len(sizes)
     rng = np.random.default_rng([seed, 10])
     n_kinds = sc.n_states or n_types  # cell types, or the states every donor holds
     sim = _simulator(n_genes, sc.n_conditions, n_kinds, seed, N_FACTORS, sc.response_fraction)
