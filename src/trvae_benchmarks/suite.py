@@ -33,7 +33,8 @@ scenarios of :data:`trvae.datasets.SCENARIOS`, and any user file (:func:`file_se
 Check sets (:data:`CHECKS`, run only when named): real tasks no default was chosen on,
 ``kang-reverse`` (the Kang scGen file predicted the other way, control cells from stimulated
 ones) and ``kang-fine`` (the Kang counts file held out by its finer Seurat labels,
-``cell_type_fine``, cells without one left out).
+``cell_type_fine``, cells without one left out) and ``kang-allgenes`` (the Kang counts file
+log-normalised over every gene, no gene selection).
 
 Results go to ``out_dir``: ``metrics.csv`` (long format: set, row, group, perturbation, method,
 metric, value), ``report.md`` and ``figures/``. The report's text helpers are in
@@ -227,12 +228,14 @@ def counts_set(
     condition_key: str = "condition",
     group_key: str = "cell_type",
     control: str = "control",
-    n_top_genes: int = N_HVG,
+    n_top_genes: int | None = N_HVG,
     min_cells: int = MIN_CELLS,
     description: str = "",
 ) -> DevSet:
     """A raw-count data set: each fold selects ``n_top_genes`` HVGs on its training cells only
-    (:func:`trvae_benchmarks.kang_counts.training_hvgs`), then log-normalises their counts."""
+    (:func:`trvae_benchmarks.kang_counts.training_hvgs`), then log-normalises their counts;
+    ``n_top_genes=None`` keeps every gene (log-normalised once, as a user without a gene
+    selection would)."""
     from scipy import sparse
 
     from trvae_benchmarks.kang_counts import hvg_flavor, training_hvgs
@@ -240,6 +243,11 @@ def counts_set(
     counts = _minimal(counts, condition_key, group_key)
     x_all = counts.X
     x_all = sparse.csr_matrix(x_all) if sparse.issparse(x_all) else np.asarray(x_all)
+    text = description or f"{counts.n_obs} cells × {counts.n_vars} genes of raw counts"
+    if n_top_genes is None:
+        logged = AnnData(log_normalize(x_all), obs=counts.obs.copy(), var=counts.var.copy())
+        text += "; every gene, log-normalised"
+        return _make_set(name, logged, condition_key, group_key, control, min_cells, text)
     flavor = hvg_flavor()
     index = pd.Index(counts.var_names)
 
@@ -248,7 +256,6 @@ def counts_set(
         sub = x_all[:, index.get_indexer(genes)]
         return AnnData(log_normalize(sub), obs=counts.obs.copy(), var=pd.DataFrame(index=genes))
 
-    text = description or f"{counts.n_obs} cells × {counts.n_vars} genes of raw counts"
     text += f"; {n_top_genes} HVGs ({flavor}) chosen on each split's training cells, log-normalised"
     return _make_set(name, counts, condition_key, group_key, control, min_cells, text, fold_data)
 
@@ -289,6 +296,13 @@ def load_set(name: str, quick: bool = False, sim_settings: dict | None = None) -
             f"{counts.n_vars} genes"
         )
         return counts_set(name, counts, group_key="cell_type_fine", description=text)
+    if name == "kang-allgenes":
+        counts = datasets.kang_counts()
+        text = (
+            f"Kang et al. raw UMI counts as a user without a gene selection hands them over: "
+            f"{counts.n_obs} cells × {counts.n_vars} genes"
+        )
+        return counts_set(name, counts, n_top_genes=None, description=text)
 
     if name == "kang":
         adata = _minimal(datasets.kang_pbmc(), "condition", "cell_type")

@@ -278,8 +278,8 @@ def _checks_lines(dev) -> list[str]:
     names = ", ".join(f"`{name}`" for name in checks)
     return [
         f"Check sets ({names}): real tasks that informed no default (the same study, a task "
-        "no screen looked at: the other direction, or finer labels). They were run after the "
-        "defaults were fixed, and no setting was changed on their scores.",
+        "no screen looked at: the other direction, finer labels, or every gene). They were run "
+        "after the defaults were fixed, and no setting was changed on their scores.",
         "",
     ]
 

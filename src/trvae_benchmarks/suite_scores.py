@@ -20,7 +20,7 @@ CEILING = "identifiable ceiling"
 METHODS = (TRVAE_NAME, ASSESSED_NAME, CVAE_NAME, BEST, MS_GROUPS, MS_ALL, "control", CEILING)
 #: Check sets of :mod:`trvae_benchmarks.suite`, real tasks no default was chosen on: run when
 #: named (``sets=``), never in a full run.
-CHECKS = ("kang-reverse", "kang-fine")
+CHECKS = ("kang-reverse", "kang-fine", "kang-allgenes")
 #: Metrics where lower is better (all others: higher is better).
 LOWER_BETTER = frozenset(
     {"edist_top100", "edist_pca", "mmd_top100", "mmd_pca", "wasserstein_top100", "fit_seconds"}

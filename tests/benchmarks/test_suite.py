@@ -11,7 +11,9 @@ import trvae
 from trvae._errors import TRVAEError
 from trvae.cli import main
 from trvae.datasets import simulate_perturbation
+from trvae.pp import log_normalize
 from trvae_benchmarks import suite
+from trvae_benchmarks.baselines import dense
 from trvae_benchmarks.suite import (
     ASSESSED_NAME,
     BEST,
@@ -299,7 +301,7 @@ def test_donor_set_holds_out_donors():
     assert list(ds.adata.obs.columns) == ["condition", "donor"]
 
 
-def test_check_sets_reverse_the_direction_and_use_the_fine_labels(monkeypatch, capsys):
+def test_check_sets_reverse_the_direction_use_the_fine_labels_and_every_gene(monkeypatch, capsys):
     from trvae import datasets
 
     sim = simulate_perturbation("shared", n_genes=30, cells_per_group=40, n_cell_types=3)
@@ -322,6 +324,13 @@ def test_check_sets_reverse_the_direction_and_use_the_fine_labels(monkeypatch, c
     assert ds.group_key == "cell_type_fine" and ds.control == "control"
     assert ds.groups == ["type0", "type1", "type2 fine"]
     assert ds.adata.n_obs == (fine != "nan").sum()
+
+    every = suite.load_set("kang-allgenes")
+    assert every.group_key == "cell_type" and every.adata.n_vars == counts.n_vars
+    expected = log_normalize(counts.X)
+    np.testing.assert_allclose(dense(every.adata.X), dense(expected), rtol=1e-6)
+    fold = hold_out(every, "type1")
+    assert list(fold.var_names) == list(counts.var_names)
 
     seen = {}
     monkeypatch.setattr(suite, "run_suite", lambda **kw: seen.update(kw))
