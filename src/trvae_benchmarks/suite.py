@@ -32,7 +32,7 @@ Data sets (:data:`SETS`): ``kang`` (:func:`trvae.datasets.kang_pbmc`, log1p), ``
 scenarios of :data:`trvae.datasets.SCENARIOS`, and any user file (:func:`file_set`).
 Check sets (:data:`CHECKS`, run only when named): real tasks no default was chosen on,
 ``kang-reverse`` (the Kang scGen file predicted the other way, control cells from stimulated
-ones) and ``kang-fine`` (the Kang counts file held out by its finer Seurat labels,
+ones), ``kang-fine`` (the Kang counts file held out by its finer Seurat labels,
 ``cell_type_fine``, cells without one left out) and ``kang-allgenes`` (the Kang counts file
 log-normalised over every gene, no gene selection).
 
