@@ -9,6 +9,7 @@ from typing import Any, Literal
 import numpy as np
 
 from trvae._errors import TRVAEError
+from trvae._threads import torch_threads_kept
 from trvae.metrics._distribution import energy_distance, mmd_rbf, r2_nonzero, wasserstein_genes
 from trvae.metrics._helpers import _dense, _pair, _r2, _stat
 
@@ -199,17 +200,18 @@ def top_degs(
         raise TRVAEError(f"n_genes must be positive, got {n_genes}")
     sub = adata[labels.isin([str(group), str(reference)]).to_numpy()].copy()
     sub.obs[group_key] = sub.obs[group_key].astype(str).astype("category")
-    sc.tl.rank_genes_groups(
-        sub,
-        group_key,
-        groups=[str(group)],
-        reference=str(reference),
-        method="wilcoxon",
-        use_raw=False,
-        n_genes=min(n_genes, sub.n_vars),
-        rankby_abs=True,
-        key_added="_trvae_degs",
-    )
+    with torch_threads_kept():
+        sc.tl.rank_genes_groups(
+            sub,
+            group_key,
+            groups=[str(group)],
+            reference=str(reference),
+            method="wilcoxon",
+            use_raw=False,
+            n_genes=min(n_genes, sub.n_vars),
+            rankby_abs=True,
+            key_added="_trvae_degs",
+        )
     return [str(g) for g in sub.uns["_trvae_degs"]["names"][str(group)]]
 
 

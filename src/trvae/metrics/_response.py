@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from trvae._errors import TRVAEError
+from trvae._threads import torch_threads_kept
 from trvae.metrics._helpers import _pair
 
 # ----------------------------------------------------------------- cell-type-specific responses
@@ -28,10 +29,11 @@ def _wilcoxon_pvals_adj(group: np.ndarray, reference: np.ndarray) -> np.ndarray:
     labels = ["g"] * len(group) + ["r"] * len(reference)
     sub = AnnData(x, obs={"grp": pd.Categorical(labels)})
     sub.var_names = [str(i) for i in range(x.shape[1])]
-    sc.tl.rank_genes_groups(
-        sub, "grp", groups=["g"], reference="r", method="wilcoxon", use_raw=False,
-        n_genes=x.shape[1], key_added="_test",
-    )  # fmt: skip
+    with torch_threads_kept():
+        sc.tl.rank_genes_groups(
+            sub, "grp", groups=["g"], reference="r", method="wilcoxon", use_raw=False,
+            n_genes=x.shape[1], key_added="_test",
+        )  # fmt: skip
     res = sub.uns["_test"]
     out = np.ones(x.shape[1])
     out[np.asarray(res["names"]["g"], dtype=int)] = np.asarray(res["pvals_adj"]["g"], float)

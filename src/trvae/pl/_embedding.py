@@ -11,6 +11,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from trvae._errors import TRVAEError
+from trvae._threads import torch_threads_kept
 from trvae.pl._common import _finish
 
 
@@ -72,8 +73,9 @@ def embedding_grid(
         if len(emb) != len(obs):
             raise TRVAEError(f"embedding {name!r} has {len(emb)} cells, obs has {len(obs)}")
         holder = AnnData(np.zeros((len(emb), 0), np.float32), obsm={"X_emb": emb})
-        sc.pp.neighbors(holder, use_rep="X_emb", random_state=seed)
-        sc.tl.umap(holder, random_state=seed)
+        with torch_threads_kept():
+            sc.pp.neighbors(holder, use_rep="X_emb", random_state=seed)
+            sc.tl.umap(holder, random_state=seed)
         xy = holder.obsm["X_umap"]
         for ax, key in zip(row, color, strict=True):
             cats = pd.Categorical(obs[key].astype(str))
