@@ -18,8 +18,8 @@ def test_the_thread_count_is_restored():
 
 
 def test_top_degs_leaves_torch_on_its_thread_count():
-    # scanpy's Wilcoxon test set OpenMP (shared with torch) to every core: each later fit ran
-    # on them whatever set_num_threads said, and came out unlike the same fit before the test
+    # scanpy's Wilcoxon test set OpenMP (shared with torch) to every core: a later fit could
+    # run on them whatever set_num_threads said, and come out unlike the same fit alone
     adata = datasets.simulate_perturbation("shared", n_genes=40, cells_per_group=20)
     before = torch.get_num_threads()
     try:

@@ -13,9 +13,9 @@ def torch_threads_kept() -> Iterator[None]:
     """Restore torch's intra-op thread count on exit.
 
     scanpy's Wilcoxon test, neighbours and UMAP run numba code that sets OpenMP's thread count
-    to every core, and torch's CPU kernels read the same count: without this, each fit after
-    such a call would run on every core whatever ``torch.set_num_threads`` said, and differ
-    in its last bits (then by as much as another seed gives) from the same fit before it.
+    to every core, and torch's CPU kernels read the same count: without this, a fit after
+    such a call could run on every core whatever ``torch.set_num_threads`` said, and differ
+    from the same fit run alone.
 
     Examples
     --------
