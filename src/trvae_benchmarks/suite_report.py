@@ -23,11 +23,11 @@ from trvae_benchmarks.suite_scores import (
     METHODS,
     TIES,
     TRVAE_NAME,
+    add_best_mean_shift,
     assess_correlation,
     headline,
     wide_rows,
     win_tie_lose,
-    with_best_mean_shift,
     within_reach,
 )
 
@@ -238,7 +238,7 @@ def _ceiling_lines(df: pd.DataFrame) -> list[str]:
     """How many rows are within reach: the identifiable ceiling's wins and trVAE's among them."""
     if CEILING not in set(df["method"]):
         return []
-    df = with_best_mean_shift(df)
+    df = add_best_mean_shift(df)
     reach = within_reach(df)
     pearson = df[df["metric"] == HEADLINE_METRICS[0]]
     outside = reach["outside"]

@@ -104,11 +104,6 @@ def add_best_mean_shift(df: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([df, extra[list(COLUMNS)]], ignore_index=True)
 
 
-def with_best_mean_shift(df: pd.DataFrame) -> pd.DataFrame:
-    """``df`` itself when it holds :data:`BEST` rows, else :func:`add_best_mean_shift` of it."""
-    return df if BEST in set(df["method"]) else add_best_mean_shift(df)
-
-
 def compare(a: float, b: float, metric: str) -> int:
     """+1 when ``a`` beats ``b`` on ``metric`` by more than its :data:`TIES` tolerance, 0 for a
     tie, -1 when it loses; a NaN ``a`` loses, a NaN ``b`` (with ``a`` finite) is beaten."""
@@ -172,7 +167,7 @@ def within_reach(df: pd.DataFrame) -> dict:
     ceiling (no known truth). Returns ``wins`` (of trVAE there), ``rows``, ``outside`` (trVAE's
     wins on the other rows) and ``per_set`` (set -> (rows with a ceiling, rows the ceiling
     wins, trVAE's wins among those))."""
-    df = with_best_mean_shift(df)
+    df = add_best_mean_shift(df)
     trvae = wins_both(df)
     metric = HEADLINE_METRICS[0]
     scored = df[(df["method"] == CEILING) & (df["metric"] == metric)]
@@ -200,7 +195,7 @@ def headline(df: pd.DataFrame, a: str = TRVAE_NAME, b: str = BEST) -> dict:
     ``per_set`` (set -> (wins, rows)) and ``median_r2`` (set -> {method: median R² of the mean,
     top-100 DEGs}).
     """
-    df = with_best_mean_shift(df)
+    df = add_best_mean_shift(df)
     beats = wins_both(df, a, b)
     per_set = {s: (int(v.sum()), len(v)) for s, v in beats.groupby(level="set", sort=False)}
     r2 = df[df["metric"] == "r2_mean_top100"]
