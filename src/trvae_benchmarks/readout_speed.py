@@ -9,7 +9,10 @@ type and condition) with type0's perturbed cells held out train a model with
 type0's control cells are then predicted into the perturbed condition with the defaults, each
 option switched off in turn, and ``mode="residual"``; the variants take turns, and the table
 gives the fastest of ``repeats`` calls of each and the largest rise of the process's resident
-memory during one (:class:`~trvae_benchmarks.memory.PeakRSS`, sampled every 20 ms).
+memory during one (:class:`~trvae_benchmarks.memory.PeakRSS`, sampled every 20 ms). With
+``groups`` two more rows time the control cells of every type predicted in one call with
+``group_key="cell_type"`` and in one call per type (the same values; the one call makes what
+it derives from the training data alone once).
 
 Nothing here is a test: the numbers depend on the machine and its load.
 """
@@ -20,6 +23,7 @@ import argparse
 import time
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 
 from trvae_benchmarks.common import add_bench_subparser, quick_or_default, torch_threads
@@ -46,6 +50,7 @@ def run_readout_bench(
     seed: int = 0,
     n_threads: int | None = None,
     verbose: bool = True,
+    groups: bool = False,
 ) -> pd.DataFrame:
     """Time ``predict`` per :data:`VARIANTS` entry and gene count; returns and prints the table
     (columns ``genes``, ``cells``, ``predict``, ``seconds``: the fastest of ``repeats``, and
@@ -91,12 +96,46 @@ def run_readout_bench(
             for name, times in seconds.items():
                 row = {"genes": n_genes, "cells": len(cells), "predict": name}
                 rows.append(row | {"seconds": min(times), "peak_mb": max(peaks[name])})
+            if groups:
+                rows += _group_rows(model, adata[control.to_numpy()].copy(), repeats, seed)
     table = pd.DataFrame(rows)
     if verbose:
         print(f"predict seconds (fastest of {repeats}, {n_threads} CPU threads)", flush=True)
         formats = {"seconds": "{:.4f}".format, "peak_mb": "{:.0f}".format}
         print(table.to_string(index=False, formatters=formats), flush=True)
     return table
+
+
+def _group_rows(model, cells, repeats: int, seed: int) -> list[dict]:
+    """The rows of ``groups``: ``cells`` (every type) predicted with ``group_key`` and per type."""
+    labels = cells.obs["cell_type"].to_numpy()
+
+    def one_call():
+        return model.predict(cells, "stimulated", seed=seed, group_key="cell_type").X
+
+    def per_group():
+        out = np.empty(cells.shape, dtype=np.float32)
+        for group in pd.unique(labels):
+            rows = labels == group
+            out[rows] = model.predict(cells[rows], "stimulated", seed=seed).X
+        return out
+
+    found, values = [], {}
+    for _ in range(repeats):
+        for name, call in (('group_key="cell_type"', one_call), ("each group alone", per_group)):
+            with PeakRSS() as rss:
+                start = time.perf_counter()
+                values[name] = call()
+                seconds = time.perf_counter() - start
+            found.append((name, seconds, rss.increase_mb))
+    if not np.array_equal(*values.values()):
+        raise AssertionError("group_key and per-group calls predicted different values")
+    table = pd.DataFrame(found, columns=["predict", "seconds", "peak_mb"])
+    best = table.groupby("predict", sort=False).agg({"seconds": "min", "peak_mb": "max"})
+    return [
+        {"genes": cells.n_vars, "cells": cells.n_obs, "predict": name, **best.loc[name]}
+        for name in best.index
+    ]
 
 
 def add_readout_parser(bench_parser: argparse.ArgumentParser) -> None:
@@ -114,6 +153,11 @@ def add_readout_parser(bench_parser: argparse.ArgumentParser) -> None:
     s.add_argument("--repeats", type=int, help=f"default {REPEATS}")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    s.add_argument(
+        "--groups",
+        action="store_true",
+        help="also time every type's control cells: one call with group_key, one call per type",
+    )
 
 
 def readout_command(args: argparse.Namespace) -> int:
@@ -127,5 +171,6 @@ def readout_command(args: argparse.Namespace) -> int:
         repeats=pick("repeats", REPEATS),
         seed=args.seed,
         n_threads=args.threads,
+        groups=args.groups,
     )
     return 0

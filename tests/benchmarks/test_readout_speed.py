@@ -24,3 +24,13 @@ def test_quick_readout_table(capsys):
     assert np.isfinite(seconds).all() and (seconds > 0).all()
     peaks = np.array([float(r[4]) for r in rows])  # MiB; a rise, so at least 0 (Linux here)
     assert np.isfinite(peaks).all() and (peaks >= 0).all()
+
+
+def test_groups_rows(capsys):
+    argv = ["bench", "readout", "--quick", "--genes", "40", "--cells-per-group", "15", "--groups"]
+    assert main([*argv, "--threads", "1"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[-2:]]
+    # every type's control cells: 5 types x 15; the two calls' values are checked equal
+    assert [r[:2] for r in rows] == [["40", "75"]] * 2
+    assert [r[2] for r in rows] == ['group_key="cell_type"', "each"]
+    assert all(float(r[-2]) > 0 for r in rows)

@@ -104,3 +104,31 @@ def test_no_local_ratio_without_three_paired_groups():
         ungrouped.predict(control, "stimulated", anchor=1.0).uns["trvae_prediction"]["local_shift"]
         == []
     )
+
+
+def test_group_key_reuses_the_training_data_and_forgets_it(fitted):
+    """predict(group_key=...) makes the training data's parts once (local pool, CellData) and
+    gives what predicting each group alone gives; nothing is kept after the call."""
+    model, control, real = fitted
+    both = ad.concat([control, real[:40]])  # two groups: held-out donor d0 and a second, "x"
+    both.obs["batch"] = np.repeat(["d0", "x"], [control.n_obs, 40])
+    both.obs["condition"] = "control"
+    made = []
+    pool = model._local_pool
+    model._local_pool = lambda *args: made.append(1) or pool(*args)
+    try:
+        grouped = model.predict(both, "stimulated", anchor=1.0, group_key="batch")
+    finally:
+        del model._local_pool
+    assert grouped.uns["trvae_prediction"]["local_shift"] == ["control"]
+    assert len(made) == 1  # once for both groups
+    assert getattr(model, "_reuse", None) is None
+    for name in ("d0", "x"):
+        rows = (both.obs["batch"] == name).to_numpy()
+        alone = model.predict(both[rows], "stimulated", anchor=1.0)
+        np.testing.assert_array_equal(grouped.X[rows], alone.X)
+    with pytest.raises(Exception, match="nope"):  # a failing call leaves nothing behind either
+        with model._reusing_training_data():
+            model._reused("training", lambda: 1)
+            raise ValueError("nope")
+    assert getattr(model, "_reuse", None) is None

@@ -81,8 +81,9 @@ class LocalShiftMixin:
                 stacklevel=4,
             )
             return None, []
-        plain, group, counts = self._split_codes(self._grouped(self._cell_data(self.adata)))
-        pool, z = self._local_pool(plain, 1024)
+        grouped = self._reused("grouped", lambda: self._grouped(self._training_cell_data()))
+        plain, group, counts = self._split_codes(grouped)
+        pool, z = self._reused("local_pool", lambda: self._local_pool(plain, 1024))
         pool_codes = plain.conditions.numpy()[pool]
         rows = []
         for s in chosen:

@@ -61,16 +61,17 @@ class ResponseMixin:
             )
         labels = V.check_obs_key(adata, group_key, "group_key").astype(str).to_numpy()
         x, first, responses, weights = None, None, {}, {}
-        for group in pd.unique(labels):
-            rows = np.flatnonzero(labels == group)
-            pred = self.predict(adata[rows], target_condition, **kwargs)
-            if RESPONSE_COLUMNS[0] in pred.var:
-                responses[str(group)] = pred.var[list(RESPONSE_COLUMNS)]
-            if "state_weights" in pred.uns["trvae_prediction"]:
-                weights[str(group)] = pred.uns["trvae_prediction"]["state_weights"]
-            if x is None:
-                x, first = np.empty((adata.n_obs, pred.n_vars), dtype=np.float32), pred
-            x[rows] = pred.X
+        with self._reusing_training_data():  # the training data's parts: made once
+            for group in pd.unique(labels):
+                rows = np.flatnonzero(labels == group)
+                pred = self.predict(adata[rows], target_condition, **kwargs)
+                if RESPONSE_COLUMNS[0] in pred.var:
+                    responses[str(group)] = pred.var[list(RESPONSE_COLUMNS)]
+                if "state_weights" in pred.uns["trvae_prediction"]:
+                    weights[str(group)] = pred.uns["trvae_prediction"]["state_weights"]
+                if x is None:
+                    x, first = np.empty((adata.n_obs, pred.n_vars), dtype=np.float32), pred
+                x[rows] = pred.X
         assert first is not None  # check_obs_key: at least one cell
         var = first.var.drop(columns=[c for c in RESPONSE_COLUMNS if c in first.var])
         obs = self._target_obs(adata, self._code(target_condition))

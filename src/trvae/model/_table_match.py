@@ -62,8 +62,8 @@ class TableMatchMixin:
         source = int(counts.argmax())
         rng = np.random.default_rng([int(seed) % 2**63, 2])
         n_conditions = len(self.conditions_)
-        train = self._cell_data(self.adata)
-        grouped = self._grouped(train)
+        train = self._training_cell_data()
+        grouped = self._reused("grouped", lambda: self._grouped(train))
         joint = grouped.conditions.numpy()
         group, condition = joint // n_conditions, joint % n_conditions
         own = _sample(np.flatnonzero(data.conditions.numpy() == source), rng)
@@ -114,7 +114,7 @@ class TableMatchMixin:
         ref_depth, ref_counts = _depths(data, reference, batch_size)
         if not ref_counts:
             return None, []
-        train = self._cell_data(self.adata)
+        train = self._training_cell_data()
         codes = train.conditions.numpy()
         pools = [  # only the conditions this prediction reads are measured
             _sample(np.flatnonzero(codes == c), rng) if c in conditions else np.zeros(0, int)

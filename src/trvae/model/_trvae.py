@@ -5,8 +5,9 @@ Training, prediction and persistence come from the mixins in :mod:`trvae.model`.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -275,6 +276,31 @@ class TRVAE(
             f"conditions={self.conditions_}, n_latent={p['n_latent']}, alpha={p['alpha']}, "
             f"beta={p['beta']}, trained={self.is_trained})"
         )
+
+    @contextlib.contextmanager
+    def _reusing_training_data(self) -> Iterator[None]:
+        """Within: what ``predict`` derives from the training data alone (their
+        :class:`CellData`, the local pool's z) is made once, not once per call, as
+        ``predict(group_key=...)`` calls ``predict`` per group. Forgotten on leaving."""
+        outer = getattr(self, "_reuse", None)
+        self._reuse: dict | None = {} if outer is None else outer
+        try:
+            yield
+        finally:
+            self._reuse = outer
+
+    def _reused(self, key: str, make: Callable):
+        """``make()``, kept under ``key`` within :meth:`_reusing_training_data`."""
+        store = getattr(self, "_reuse", None)
+        if store is None:
+            return make()
+        if key not in store:
+            store[key] = make()
+        return store[key]
+
+    def _training_cell_data(self) -> CellData:
+        """:meth:`_cell_data` of the training data (``self.adata``)."""
+        return self._reused("training", lambda: self._cell_data(self.adata))
 
     def _cell_data(
         self, adata: AnnData | str | os.PathLike, condition: str | None = None
