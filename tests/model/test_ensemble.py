@@ -52,6 +52,29 @@ def test_prediction_is_the_member_mean_with_its_spread(ensemble, adata):
     assert pred.var["trvae_response_sd"].isna().all() and pred.var["trvae_response_hi"].isna().all()
 
 
+def test_group_key_centres_each_groups_response_on_the_members(adata):
+    ensemble = TRVAEEnsemble(adata, "condition", n_models=2, mmd_group_key="cell_type", **TINY)
+    ensemble.train(**TRAIN)
+    control = adata[adata.obs["condition"] == "control"]
+    pred = ensemble.predict(control, "stimulated", group_key="cell_type", accelerator="cpu")
+    labels = control.obs["cell_type"].astype(str).to_numpy()
+    response = pred.varm["trvae_response"]
+    assert sorted(response.columns) == sorted(set(labels))
+    for group in response.columns:
+        cells = control[labels == group]
+        members = [
+            m.predict(cells, "stimulated", accelerator="cpu").X.mean(0) for m in ensemble.members
+        ]
+        source = np.asarray(cells.X.mean(0)).ravel()
+        np.testing.assert_allclose(response[group], np.mean(members, 0) - source, atol=1e-5)
+        width = pred.varm["trvae_response_hi"][group] - pred.varm["trvae_response_lo"][group]
+        assert (width > 0).all()
+        first = ensemble.members[0].predict(cells, "stimulated", accelerator="cpu").var
+        np.testing.assert_allclose(  # moved, not widened
+            width, first["trvae_response_hi"] - first["trvae_response_lo"], atol=1e-5
+        )
+
+
 def test_distribution_read_outs_are_pooled_as_a_mixture(ensemble, adata):
     """The default read-out (quantile) takes cell i from member i mod 3, keeping the members'
     spread; expected values (residual read-out) are averaged; the SD layer is the same."""

@@ -94,7 +94,9 @@ class TRVAEEnsemble:
         of gene g is ``var["trvae_mean"] ± z * var["trvae_mean_sd"]`` minus the control mean.
         The response columns of :meth:`TRVAE.predict` (``var["trvae_response"]`` and its
         interval, from how much the training groups' responses differ) are centred on the
-        members' mean.
+        members' mean; with ``group_key`` (in ``varm``, one column per group) each group's on
+        the members' mean over that group's cells, while ``trvae_mean`` and ``trvae_mean_sd``
+        stay over all predicted cells.
         """
         if predict_kwargs.get("out") is not None:
             raise TRVAEError("TRVAEEnsemble.predict builds its result in memory: out= is not taken")
@@ -121,6 +123,13 @@ class TRVAEEnsemble:
             delta = result.var["trvae_mean"].to_numpy() - member_means[0]
             for name in (RESPONSE_COLUMNS[0], *RESPONSE_COLUMNS[2:]):
                 result.var[name] = result.var[name].to_numpy() + delta
+        if RESPONSE_COLUMNS[0] in result.varm:  # group_key: the same per group (column)
+            labels = result.obs[predict_kwargs["group_key"]].astype(str).to_numpy()
+            for group in result.varm[RESPONSE_COLUMNS[0]].columns:
+                means = stack[:, labels == group].mean(1, dtype=np.float64)
+                delta = means.mean(0) - means[0]
+                for name in (RESPONSE_COLUMNS[0], *RESPONSE_COLUMNS[2:]):
+                    result.varm[name][group] = result.varm[name][group].to_numpy() + delta
         result.uns["trvae_ensemble"] = {
             "n_models": self.n_models,
             "seed": self.seed,
