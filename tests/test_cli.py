@@ -72,6 +72,20 @@ def test_train_with_the_mmd_grouped_by_cell_type(files, tmp_path, capsys):
     with pytest.warns(UserWarning, match="no training data"):
         assert main([*predict, str(tmp_path / "plain.h5ad")]) == 0
     assert "state_weights" not in ad.read_h5ad(tmp_path / "plain.h5ad").uns["trvae_prediction"]
+    # several cell types predicted together: a note; with --group-key each on its own
+    assert "--group-key cell_type predicts each group" in capsys.readouterr().out
+    control = ["--source-condition", "control", "--training-data", str(data)]
+    assert main([*predict, str(pred), *control, "--group-key", "cell_type"]) == 0
+    assert "--group-key" not in capsys.readouterr().out
+    grouped = ad.read_h5ad(pred)
+    assert grouped.uns["trvae_prediction"]["group_key"] == "cell_type"
+    model = TRVAE.load(out, adata=ad.read_h5ad(data))
+    source = ad.read_h5ad(data)
+    source = source[source.obs["condition"] == "control"]
+    for group in ("A", "B"):
+        alone = model.predict(source[source.obs["cell_type"] == group], "stimulated")
+        rows = (grouped.obs["cell_type"] == group).to_numpy()
+        np.testing.assert_array_equal(grouped.X[rows], alone.X)
 
 
 def test_train_checkpoints_and_resumes(files, tmp_path):

@@ -144,19 +144,35 @@ def _predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
         if mode not in ("auto", "decode"):
             raise TRVAEError(f"--sample draws from the decoder: use it without --mode {mode}")
         mode = "decode"
+    if args.group_key is None:
+        _hint_group_key(model, adata)
     pred = model.predict(
         adata,
         args.target_condition,
         source_condition=args.source_condition,
         mode=mode,
         return_mean=not args.sample,
-        **arg_kwargs(args, "seed", "accelerator", "precision"),
+        **arg_kwargs(args, "seed", "accelerator", "precision", "group_key"),
         **arg_kwargs(args, "anchor", given_only=True),
     )
     write_h5ad(pred, Path(args.out))
     print(f"predicted {pred.n_obs} cells x {pred.n_vars} genes as {args.target_condition!r}")
     print(f"wrote {args.out}")
     return 0
+
+
+def _hint_group_key(model, adata) -> None:
+    """Say so when the cells hold several of the model's MMD groups and are predicted together."""
+    key = model.init_params.get("mmd_group_key")
+    if key is None or key not in adata.obs:
+        return
+    n_groups = adata.obs[key].nunique()
+    if n_groups > 1:
+        print(
+            f"note: these cells hold {n_groups} groups of obs[{key!r}], predicted together (the "
+            f"read-out's mean matching and anchor act on all of them at once); --group-key "
+            f"{key} predicts each group on its own"
+        )
 
 
 def anchor_value(text: str) -> float | str:
@@ -258,6 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source-condition", help="only cells of this condition, encoded with it")
     p.add_argument("--cell-type-key", help="obs column with the cell type")
     p.add_argument("--cell-type", help="only cells of this cell type")
+    p.add_argument(
+        "--group-key",
+        help="obs column (e.g. the cell type) whose groups are predicted each on its own "
+        "(TRVAE.predict's group_key)",
+    )
     p.add_argument(
         "--mode",
         choices=["auto", "quantile", "residual", "decode"],
