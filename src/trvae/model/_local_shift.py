@@ -81,8 +81,7 @@ class LocalShiftMixin:
                 stacklevel=4,
             )
             return None, []
-        grouped = self._reused("grouped", lambda: self._grouped(self._training_cell_data()))
-        plain, group, counts = self._split_codes(grouped)
+        plain, group, counts = self._split_codes(self._training_grouped())
         pool, z = self._reused("local_pool", lambda: self._local_pool(plain, 1024))
         pool_codes = plain.conditions.numpy()[pool]
         rows = []

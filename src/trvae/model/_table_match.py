@@ -62,8 +62,7 @@ class TableMatchMixin:
         source = int(counts.argmax())
         rng = np.random.default_rng([int(seed) % 2**63, 2])
         n_conditions = len(self.conditions_)
-        train = self._training_cell_data()
-        grouped = self._reused("grouped", lambda: self._grouped(train))
+        train, grouped = self._training_cell_data(), self._training_grouped()
         joint = grouped.conditions.numpy()
         group, condition = joint // n_conditions, joint % n_conditions
         own = _sample(np.flatnonzero(data.conditions.numpy() == source), rng)

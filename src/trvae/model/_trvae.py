@@ -302,6 +302,10 @@ class TRVAE(
         """:meth:`_cell_data` of the training data (``self.adata``)."""
         return self._reused("training", lambda: self._cell_data(self.adata))
 
+    def _training_grouped(self) -> CellData:
+        """:meth:`_grouped` of :meth:`_training_cell_data`."""
+        return self._reused("grouped", lambda: self._grouped(self._training_cell_data()))
+
     def _cell_data(
         self, adata: AnnData | str | os.PathLike, condition: str | None = None
     ) -> CellData:
