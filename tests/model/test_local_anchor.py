@@ -127,7 +127,7 @@ def test_group_key_reuses_the_training_data_and_forgets_it(fitted):
         rows = (both.obs["batch"] == name).to_numpy()
         alone = model.predict(both[rows], "stimulated", anchor=1.0)
         np.testing.assert_array_equal(grouped.X[rows], alone.X)
-    with pytest.raises(Exception, match="nope"):  # a failing call leaves nothing behind either
+    with pytest.raises(ValueError, match="nope"):  # a failing call leaves nothing behind either
         with model._reusing_training_data():
             model._reused("training", lambda: 1)
             raise ValueError("nope")
